@@ -1,0 +1,62 @@
+"""`make bench`: run every benchmark and write its JSON under benchmarks/results/."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def bench_tiny_forward(repeats: int = 5) -> dict:
+    """Wall time of one forward with 8 frames for every family's tiny model (issue: < 2 s on CPU)."""
+    import flowlens
+    from flowlens.data.probe import probe_sample
+
+    rows = {}
+    for family in flowlens.supported_families():
+        lm = flowlens.load(f"tiny:{family}")
+        inputs, layout = lm.prepare(probe_sample(), frames=8)
+        lm.forward(inputs)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            lm.forward(inputs)
+            times.append(time.perf_counter() - start)
+        prep = time.perf_counter()
+        lm.prepare(probe_sample(), frames=8)
+        rows[family] = {
+            "seq_len": layout.seq_len,
+            "video_tokens": layout.n_video,
+            "forward_s_median": sorted(times)[len(times) // 2],
+            "forward_s_max": max(times),
+            "prepare_s": time.perf_counter() - prep,
+            "parameters": sum(p.numel() for p in lm.model.parameters()),
+        }
+        print(
+            f"{family:<18} seq {layout.seq_len:>4}  forward {rows[family]['forward_s_median'] * 1000:7.1f} ms"
+        )
+    return rows
+
+
+def main() -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    result = {"meta": meta, "tiny_forward_8_frames": bench_tiny_forward()}
+    path = RESULTS / "tiny_forward.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""flowlens: how information flows between frames and from video to text in video LLMs."""
+
+from flowlens.data.sample import Sample
+from flowlens.errors import FlowlensError
+from flowlens.models import (
+    Prepared,
+    PromptTemplate,
+    TokenLayout,
+    VideoAdapter,
+    VideoLM,
+    load,
+    register_adapter,
+    supported_architectures,
+    supported_families,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FlowlensError",
+    "Prepared",
+    "PromptTemplate",
+    "Sample",
+    "TokenLayout",
+    "VideoAdapter",
+    "VideoLM",
+    "__version__",
+    "load",
+    "register_adapter",
+    "supported_architectures",
+    "supported_families",
+]

@@ -1,0 +1,65 @@
+"""Size of what a trace stores per sample, so users see it before a big run (and why no full maps).
+
+The reductions follow the tracing design: per layer and head a segment x segment and frame x frame
+flow (float32), the `last` row over video tokens (float32), the question rows over video tokens
+averaged over heads (float32), and float16 residuals at `last` and per frame group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from flowlens.models.layout import TokenLayout
+
+F32, F16 = 4, 2
+
+
+@dataclass
+class TraceSize:
+    """Bytes per stored quantity for one sample, and the full attention tensor it replaces."""
+
+    segment_flow: int
+    frame_flow: int
+    last_over_video: int
+    question_over_video: int
+    residual_last: int
+    residual_frame_means: int
+    full_attention_fp16: int
+
+    @property
+    def total(self) -> int:
+        return (
+            self.segment_flow
+            + self.frame_flow
+            + self.last_over_video
+            + self.question_over_video
+            + (self.residual_last + self.residual_frame_means)
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total}
+
+
+def estimate_trace_size(layout: TokenLayout) -> TraceSize:
+    """Bytes one traced sample takes on disk (before compression) for `layout`."""
+    layers, heads = layout.n_layers, layout.n_heads
+    segments, frames = len(layout.partition), layout.n_frames
+    n_video, n_question = layout.n_video, int(layout["question"].size)
+    return TraceSize(
+        segment_flow=layers * heads * segments * segments * F32,
+        frame_flow=layers * heads * frames * frames * F32,
+        last_over_video=layers * heads * n_video * F32,
+        question_over_video=layers * n_question * n_video * F32,
+        residual_last=layers * layout.d_model * F16,
+        residual_frame_means=layers * frames * layout.d_model * F16,
+        full_attention_fp16=layers * heads * layout.seq_len * layout.seq_len * F16,
+    )
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
