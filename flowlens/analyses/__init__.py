@@ -1,0 +1,1 @@
+"""Analyses that run a `VideoLM` over samples and return results."""

@@ -1,0 +1,80 @@
+"""Trace: one clean forward per sample with attention reductions, residual summaries and the answer read-out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from flowlens.data.sample import Sample
+from flowlens.engine.backend import active_handler, language_attention
+from flowlens.engine.capture import CaptureOptions, FlowCapture
+from flowlens.engine.residuals import ResidualCapture
+from flowlens.errors import FlowlensError
+from flowlens.store.records import AnswerReadout, SampleTrace
+
+if TYPE_CHECKING:
+    from flowlens.models.base import VideoLM
+    from flowlens.models.layout import TokenLayout
+
+
+@dataclass
+class TraceOptions:
+    """What a trace computes for each sample (round-trips to the run file's config)."""
+
+    frames: int = 8
+    video_layers: list[int] = field(default_factory=list)
+    chunk_bytes: int = CaptureOptions.chunk_bytes
+
+
+def answer_readout(logits: torch.Tensor, layout: TokenLayout) -> AnswerReadout:
+    """Option-letter probabilities at `last` (softmax over the whole vocabulary, fp32)."""
+    probs = torch.softmax(logits.float(), dim=-1)[layout.option_token_ids].cpu().numpy().astype(np.float32)
+    letters = list(layout.option_letters)
+    predicted = letters[int(np.argmax(probs))] if letters else ""
+    answer = layout.answer_letter
+    return AnswerReadout(letters, probs, predicted, answer, None if answer is None else predicted == answer)
+
+
+def check_context(lm: VideoLM, layout: TokenLayout) -> None:
+    """Refuse inputs longer than the model's context, with the token count and the limit."""
+    limit = getattr(lm.adapter.text_config, "max_position_embeddings", None)
+    if limit is not None and layout.seq_len > limit:
+        raise FlowlensError(f"input has {layout.seq_len} tokens, more than the model's context of {limit}")
+
+
+@torch.no_grad()
+def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = None) -> SampleTrace:
+    """Run one sample with the flowlens backend and return everything the trace keeps."""
+    options = options or TraceOptions()
+    inputs, layout = lm.prepare(sample, frames=options.frames)
+    check_context(lm, layout)
+    capture = FlowCapture(layout, lm.device, CaptureOptions(chunk_bytes=options.chunk_bytes))
+    residuals = ResidualCapture(layout, lm.device, options.video_layers)
+    with (
+        language_attention(lm.model, lm.adapter.text_config),
+        active_handler(capture, expected_calls=layout.n_layers),
+        residuals.attached(lm.adapter.language_layers()),
+    ):
+        logits = lm.model(**inputs, logits_to_keep=1).logits[0, -1]
+    return SampleTrace(
+        sample_id=str(sample.id),
+        layout=layout,
+        segment_flow=capture.segment_flow(),
+        frame_flow=capture.frame_flow(),
+        last_to_video=capture.last_to_video(),
+        question_to_video=capture.question_to_video(),
+        resid_last=residuals.resid_last(),
+        resid_frame_mean=residuals.resid_frame_mean(),
+        resid_video=residuals.resid_video(),
+        answer=answer_readout(logits, layout),
+        metadata=_jsonable(sample.metadata),
+    )
+
+
+def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))
+    }

@@ -1,0 +1,1 @@
+"""HDF5 run files: writer, reader (`Run`) and tidy tables."""

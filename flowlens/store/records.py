@@ -1,0 +1,57 @@
+"""What one traced sample produces: the record the HDF5 writer stores and the reader returns.
+
+Shapes use L = language layers, H = attention heads, S = segments (`layout.partition`),
+F = frame groups, V = video tokens, Q = question tokens, D = d_model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from flowlens.models.layout import TokenLayout
+
+
+@dataclass
+class AnswerReadout:
+    """The clean run's answer at `last`: option-letter probabilities (over the whole vocabulary)."""
+
+    letters: list[str]
+    probs: np.ndarray  # (n_options,) float32, softmax over the vocabulary at `last`
+    predicted: str  # letter with the highest probability among the options
+    answer: str | None  # ground-truth letter, if known
+    correct: bool | None
+
+
+@dataclass
+class SampleTrace:
+    """Everything `trace` keeps for one sample (reductions of attention, residual summaries, answer).
+
+    Attention quantities (float32):
+    - `segment_flow` (L, H, S, S): [l, h, t, s] = mean over query tokens of segment t of the attention
+      mass they put on the keys of segment s.
+    - `frame_flow` (L, H, F, F): the same over frame groups.
+    - `last_to_video` (L, H, V): the `last` query's attention on every video token.
+    - `question_to_video` (L, Q, V): each question token's attention on every video token, head mean.
+    Residual stream (float16), TransformerLens names `blocks.{l}.hook_resid_post`:
+    - `resid_last` (L, D) at `last`; `resid_frame_mean` (L, F, D) mean over each frame group's tokens;
+    - `resid_video` {layer: (V, D)} every video token at the chosen layers (optional).
+    """
+
+    sample_id: str
+    layout: TokenLayout
+    segment_flow: np.ndarray
+    frame_flow: np.ndarray
+    last_to_video: np.ndarray
+    question_to_video: np.ndarray
+    resid_last: np.ndarray
+    resid_frame_mean: np.ndarray
+    answer: AnswerReadout
+    resid_video: dict[int, np.ndarray] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def segments(self) -> list[str]:
+        return list(self.layout.partition)

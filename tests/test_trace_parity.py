@@ -1,0 +1,102 @@
+"""Every captured reduction equals the same reduction of transformers' eager attention (fp32, <= 1e-5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_sample, random_video, tiny
+
+from flowlens.analyses.trace import TraceOptions, trace_sample
+from flowlens.engine.backend import active_handler, language_attention
+from flowlens.engine.capture import CaptureOptions, FlowCapture
+
+FRAMES = 8
+ATOL = 1e-5
+
+
+def eager_run(lm, inputs):
+    """Attention probabilities (L, H, T, T) and hidden states from HF eager attention."""
+    cfg = lm.adapter.text_config
+    previous = cfg._attn_implementation
+    cfg._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            out = lm.model(**inputs, output_attentions=True, output_hidden_states=True)
+    finally:
+        cfg._attn_implementation = previous
+    return torch.stack(out.attentions)[:, 0].double().numpy(), out
+
+
+def reduce_groups(att: np.ndarray, layout, names: list[str]) -> np.ndarray:
+    """Plain reference: mean over each target group's queries of the mass on each source group."""
+    onehot = np.zeros((layout.seq_len, len(names)))
+    for g, name in enumerate(names):
+        onehot[layout[name], g] = 1.0
+    mass = att @ onehot
+    return np.einsum("tg,lhts->lhgs", onehot, mass) / np.maximum(onehot.sum(0), 1)[None, None, :, None]
+
+
+@pytest.fixture
+def traced(family):
+    lm = tiny(family)
+    sample = make_sample(random_video(frames=FRAMES))
+    trace = trace_sample(lm, sample, TraceOptions(frames=FRAMES, video_layers=[1]))
+    inputs, layout = lm.prepare(sample, frames=FRAMES)
+    att, eager = eager_run(lm, inputs)
+    return lm, inputs, layout, trace, att, eager
+
+
+def test_reductions_equal_eager(traced):
+    lm, inputs, layout, trace, att, _ = traced
+    video, question = layout["video"], layout["question"]
+    np.testing.assert_allclose(trace.segment_flow, reduce_groups(att, layout, layout.partition), atol=ATOL)
+    np.testing.assert_allclose(trace.frame_flow, reduce_groups(att, layout, layout.frame_groups), atol=ATOL)
+    np.testing.assert_allclose(trace.last_to_video, att[:, :, -1][:, :, video], atol=ATOL)
+    np.testing.assert_allclose(
+        trace.question_to_video, att[:, :, question][:, :, :, video].mean(1), atol=ATOL
+    )
+    assert trace.segment_flow.shape == (
+        layout.n_layers,
+        layout.n_heads,
+        len(layout.partition),
+        len(layout.partition),
+    )
+
+
+def test_segment_rows_sum_to_one(traced):
+    _, _, layout, trace, _, _ = traced
+    nonempty = [i for i, name in enumerate(layout.partition) if layout[name].size]
+    sums = trace.segment_flow[:, :, nonempty].sum(-1)
+    np.testing.assert_allclose(sums, 1.0, atol=1e-5)
+
+
+def test_logits_equal_sdpa(family):
+    lm = tiny(family)
+    inputs, layout = lm.prepare(make_sample(random_video(frames=FRAMES)), frames=FRAMES)
+    with torch.no_grad():
+        sdpa = lm.model(**inputs).logits
+        capture = FlowCapture(layout, lm.device, CaptureOptions(chunk_bytes=4 * layout.seq_len * 4 * 3 * 7))
+        with language_attention(lm.model, lm.adapter.text_config), active_handler(capture, layout.n_layers):
+            flowlens_logits = lm.model(**inputs).logits
+    assert capture.frame_flow().shape[0] == layout.n_layers  # small chunks: many query chunks per layer
+    torch.testing.assert_close(flowlens_logits, sdpa, atol=1e-4, rtol=0)
+    assert lm.adapter.text_config._attn_implementation == "sdpa"  # restored
+
+
+def test_residuals_and_answer(traced):
+    lm, inputs, layout, trace, _, eager = traced
+    hidden = [h[0].double().numpy() for h in eager.hidden_states]
+    last, frames = layout["last"][0], layout.frame_groups
+    for layer in range(layout.n_layers - 1):  # HF's final hidden state is after the final norm
+        if lm.family == "qwen3_vl" and layer < len(lm.model.config.vision_config.deepstack_visual_indexes):
+            continue  # DeepStack adds visual features after these blocks: HF's states include them
+        h = hidden[layer + 1]
+        np.testing.assert_allclose(trace.resid_last[layer], h[last], rtol=2e-3, atol=2e-3)
+        means = np.stack([h[layout[f]].mean(0) for f in frames])
+        np.testing.assert_allclose(trace.resid_frame_mean[layer], means, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(trace.resid_video[1], hidden[2][layout["video"]], rtol=2e-3, atol=2e-3)
+    probs = torch.softmax(eager.logits[0, -1].double(), -1)[layout.option_token_ids].numpy()
+    np.testing.assert_allclose(trace.answer.probs, probs, atol=1e-6)
+    assert trace.answer.predicted == "ABCD"[int(np.argmax(probs))]
+    assert trace.answer.correct == (trace.answer.predicted == "B")
