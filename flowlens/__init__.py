@@ -13,6 +13,7 @@ from flowlens.models import (
     supported_architectures,
     supported_families,
 )
+from flowlens.store.run import open_run
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "VideoLM",
     "__version__",
     "load",
+    "open_run",
     "register_adapter",
     "supported_architectures",
     "supported_families",

@@ -29,6 +29,13 @@ class CaptureOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
 
 
+def _is_causal(mask: torch.Tensor) -> bool:
+    """Whether no query may attend a later key (then a query chunk needs only the keys up to its end)."""
+    if mask.dtype == torch.bool:
+        return not torch.triu(mask[0, 0], diagonal=1).any().item()
+    return bool((torch.triu(mask[0, 0], diagonal=1) <= torch.finfo(mask.dtype).min / 2).all().item())
+
+
 def group_matrix(layout: TokenLayout, names: list[str], device: torch.device) -> torch.Tensor:
     """(T, G) float32 one-hot: column g marks the positions of group `names[g]`."""
     matrix = torch.zeros(layout.seq_len, len(names), dtype=torch.float32)
@@ -43,9 +50,8 @@ class FlowCapture:
     def __init__(self, layout: TokenLayout, device: torch.device, options: CaptureOptions | None = None):
         self.layout = layout
         self.options = options or CaptureOptions()
-        self.groups = [*layout.partition, *layout.frame_groups]
-        self.n_segments = len(layout.partition)
-        self.onehot = group_matrix(layout, self.groups, device)  # (T, S + F)
+        self.onehot = group_matrix(layout, list(layout.partition), device)  # (T, S); frames are segments too
+        self.frame_index = [layout.partition.index(name) for name in layout.frame_groups]
         self.counts = self.onehot.sum(0).clamp_min(1.0)
         self.video = torch.as_tensor(layout["video"], device=device)
         self.question = torch.as_tensor(layout["question"], device=device)
@@ -54,6 +60,7 @@ class FlowCapture:
         self.flow_sums: list[torch.Tensor | None] = [None] * n_layers
         self.last_rows: list[torch.Tensor | None] = [None] * n_layers
         self.question_rows: list[torch.Tensor | None] = [None] * n_layers
+        self._flow_means: np.ndarray | None = None
 
     # ------------------------------------------------------------------ handler
     def __call__(
@@ -77,34 +84,60 @@ class FlowCapture:
         v = value.unsqueeze(2)
         if mask is None:
             mask = causal_bool_mask(q_len, k_len, query.device)
+        causal = _is_causal(mask)
         chunk = max(1, self.options.chunk_bytes // (4 * heads * k_len * 3))
         out = torch.empty(batch, kv_heads, group, q_len, head_dim, dtype=query.dtype, device=query.device)
         flow = torch.zeros(heads, self.onehot.shape[1], self.onehot.shape[1], device=query.device)
+        # One matmul gives both the output and each query's mass per key segment: P @ [V | onehot].
+        fused = self.options.flows and value.dtype == torch.float32
+        if fused:
+            v = torch.cat([v, self.onehot.expand(batch, kv_heads, 1, -1, -1)], dim=-1)
         for start in range(0, q_len, chunk):
             stop = min(q_len, start + chunk)
-            probs = self._probs(q[..., start:stop, :], k, mask[..., start:stop, :], scaling)
-            out[..., start:stop, :] = torch.matmul(probs.to(value.dtype), v)
-            self._reduce(layer, probs.reshape(heads, stop - start, k_len), start, stop, flow)
+            keys = stop if causal else k_len  # causal: queries before `stop` never see later keys
+            probs = self._probs(
+                q[..., start:stop, :], k[..., :keys, :], mask[..., start:stop, :keys], scaling, start
+            )
+            product = torch.matmul(probs.to(v.dtype), v[..., :keys, :])
+            out[..., start:stop, :] = product[..., :head_dim]
+            flat = probs.reshape(heads, stop - start, keys)
+            mass = product[..., head_dim:].reshape(heads, stop - start, -1) if fused else None
+            self._reduce(layer, flat, start, stop, flow, mass)
         if self.options.flows:
             self.flow_sums[layer] = flow
         return out.reshape(batch, heads, q_len, head_dim).transpose(1, 2).contiguous()
 
     @staticmethod
-    def _probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
-        """Softmax probabilities (fp32) for a chunk of queries, as eager attention computes them."""
-        scores = torch.matmul(q, k.transpose(-1, -2)).float() * scaling
-        allowed = mask if mask.dtype == torch.bool else None
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed.unsqueeze(2), float("-inf"))
+    def _probs(
+        q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, scaling: float, start: int
+    ) -> torch.Tensor:
+        """Softmax probabilities (fp32) for a chunk of queries starting at `start`, as eager attention computes them."""
+        scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scaling)
+        if mask.dtype == torch.bool:
+            if mask[
+                ..., :start
+            ].all():  # keys before the chunk all allowed: only the diagonal block is masked
+                scores[..., start:].masked_fill_(~mask[..., start:].unsqueeze(2), float("-inf"))
+            else:
+                scores.masked_fill_(~mask.unsqueeze(2), float("-inf"))
         else:
-            scores = scores + mask.unsqueeze(2).float()
+            scores.add_(mask.unsqueeze(2).float())
         return torch.softmax(scores, dim=-1)
 
-    def _reduce(self, layer: int, probs: torch.Tensor, start: int, stop: int, flow: torch.Tensor) -> None:
+    def _reduce(
+        self,
+        layer: int,
+        probs: torch.Tensor,
+        start: int,
+        stop: int,
+        flow: torch.Tensor,
+        mass: torch.Tensor | None,
+    ) -> None:
         """Fold one chunk of probabilities (H, C, Tk) into the layer's reductions."""
         if self.options.flows:
-            mass = torch.matmul(probs, self.onehot)  # (H, C, G): mass of each query on each key group
-            flow += torch.matmul(self.onehot[start:stop].T, mass)  # summed over each target group's queries
+            if mass is None:  # (H, C, S): mass of each query on each key segment
+                mass = torch.matmul(probs, self.onehot[: probs.shape[-1]])
+            flow += torch.matmul(self.onehot[start:stop].T, mass)  # summed over each target segment's queries
         if self.options.last_to_video and start <= self.last < stop:
             self.last_rows[layer] = probs[:, self.last - start, self.video].clone()
         if self.options.question_to_video:
@@ -117,18 +150,19 @@ class FlowCapture:
     # ------------------------------------------------------------------ results
     def segment_flow(self) -> np.ndarray:
         """(L, H, S, S) mean mass of a target segment's queries on each source segment."""
-        s = self.n_segments
-        return self._flows()[:, :, :s, :s]
+        return self._flows()
 
     def frame_flow(self) -> np.ndarray:
-        """(L, H, F, F) the same over frame groups."""
-        s = self.n_segments
-        return self._flows()[:, :, s:, s:]
+        """(L, H, F, F) the same over frame groups (a sub-block: frame groups are segments)."""
+        index = np.asarray(self.frame_index)
+        return np.ascontiguousarray(self._flows()[:, :, index[:, None], index[None, :]])
 
     def _flows(self) -> np.ndarray:
-        self._check_complete(self.flow_sums, "flows")
-        stacked = torch.stack(self.flow_sums)  # type: ignore[arg-type]
-        return (stacked / self.counts[None, None, :, None]).cpu().numpy().astype(np.float32)
+        if self._flow_means is None:
+            self._check_complete(self.flow_sums, "flows")
+            stacked = torch.stack(self.flow_sums)  # type: ignore[arg-type]
+            self._flow_means = (stacked / self.counts[None, None, :, None]).cpu().numpy().astype(np.float32)
+        return self._flow_means
 
     def last_to_video(self) -> np.ndarray:
         """(L, H, V) the `last` query's attention on every video token."""

@@ -197,6 +197,18 @@ class VideoLM:
         before, after = rendered.split(USER_MARKER)
         return before, after
 
+    def trace(
+        self, samples: Any, out: Any = None, resume: bool = False, report: bool = True, **options: Any
+    ) -> Any:
+        """Trace `samples` (attention flows, residual summaries, answers) into `out/trace.h5`; return the `Run`.
+
+        `options` are `flowlens.analyses.trace.TraceOptions` fields (`frames`, `video_layers`, `chunk_bytes`).
+        """
+        from flowlens.analyses.trace import TraceOptions
+        from flowlens.analyses.trace_run import trace
+
+        return trace(self, samples, out, TraceOptions(**options), resume=resume, report=report)
+
     @torch.no_grad()
     def forward(self, inputs: Any, **kwargs: Any) -> Any:
         """One forward pass on prepared inputs (no gradients)."""

@@ -1,1 +1,8 @@
 """HDF5 run files: writer, reader (`Run`) and tidy tables."""
+
+from flowlens.store.export import export_table
+from flowlens.store.hdf5 import RunWriter
+from flowlens.store.records import AnswerReadout, SampleTrace
+from flowlens.store.run import Run, open_run
+
+__all__ = ["AnswerReadout", "Run", "RunWriter", "SampleTrace", "export_table", "open_run"]

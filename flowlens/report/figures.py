@@ -1,0 +1,148 @@
+"""Plotly figures of a run for the HTML report: frame x frame flow per layer, flow over layers."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from flowlens.store.edges import EDGES
+from flowlens.store.run import Run
+
+SHOWN_EDGES = ("video->question", "video->last", "question->last")  # the others start hidden in the legend
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+TEMPLATE = "plotly_white"
+
+
+@dataclass
+class FrameFlowMean:
+    """Frame x frame flow per layer, mean over heads and over the samples that share the most common shape."""
+
+    values: np.ndarray  # (L, F, F) float64: [l, target frame, source frame]
+    n_used: int
+    n_samples: int
+
+
+def mean_frame_flow(run: Run) -> FrameFlowMean | None:
+    """Mean `frame_flow` over heads and samples; samples of a rarer (layers, frames) shape are left out."""
+    shapes = {sample: (run.layout(sample).n_layers, run.layout(sample).n_frames) for sample in run.samples}
+    counts = Counter(shape for shape in shapes.values() if shape[1] > 0)
+    if not counts:
+        return None
+    shape = counts.most_common(1)[0][0]
+    used = [sample for sample, s in shapes.items() if s == shape]
+    total = np.zeros((shape[0], shape[1], shape[1]), dtype=np.float64)
+    for sample in used:
+        total += run.array(sample, "frame_flow").astype(np.float64).mean(axis=1)
+    return FrameFlowMean(total / len(used), len(used), len(run.samples))
+
+
+def frame_flow_figure(mean: FrameFlowMean) -> go.Figure:
+    """Heatmap of target frame (rows) x source frame (columns) with a slider over layers, one colour scale."""
+    values = mean.values
+    n_layers, n_frames = values.shape[0], values.shape[1]
+    labels = [str(f) for f in range(n_frames)]
+    hover = "target frame %{y}<br>source frame %{x}<br>flow %{z:.4f}<extra></extra>"
+    figure = go.Figure(
+        go.Heatmap(
+            z=values[0],
+            x=labels,
+            y=labels,
+            zmin=0.0,
+            zmax=float(values.max()) or 1.0,
+            colorscale="Viridis",
+            colorbar={"title": {"text": "flow"}},
+            hovertemplate=hover,
+        )
+    )
+    steps = [
+        {
+            "method": "update",
+            "label": str(layer),
+            "args": [{"z": [values[layer]]}, {"title.text": _frame_title(layer)}],
+        }
+        for layer in range(n_layers)
+    ]
+    figure.update_layout(
+        template=TEMPLATE,
+        title={"text": _frame_title(0)},
+        xaxis={"title": {"text": "source frame (key)"}, "type": "category", "constrain": "domain"},
+        yaxis={
+            "title": {"text": "target frame (query)"},
+            "type": "category",
+            "autorange": "reversed",
+            "scaleanchor": "x",
+        },
+        sliders=[{"active": 0, "currentvalue": {"prefix": "layer "}, "pad": {"t": 40}, "steps": steps}],
+        height=620,
+        margin={"l": 70, "r": 30, "t": 60, "b": 40},
+    )
+    return figure
+
+
+def edge_figure(summary: pd.DataFrame) -> go.Figure:
+    """Mean flow over layers per summary edge, with a band of one standard deviation across samples."""
+    figure = go.Figure()
+    stats = (
+        summary.groupby(["edge", "layer"], observed=True)["value"].agg(["mean", "std", "count"]).reset_index()
+    )
+    for i, edge in enumerate(e for e in EDGES if e in set(stats["edge"])):
+        rows = stats[stats["edge"] == edge].sort_values("layer")
+        layers = rows["layer"].to_numpy()
+        mean, std = rows["mean"].to_numpy(), rows["std"].fillna(0.0).to_numpy()
+        color = PALETTE[i % len(PALETTE)]
+        visible = True if edge in SHOWN_EDGES else "legendonly"
+        band_x = np.concatenate([layers, layers[::-1]])
+        band_y = np.concatenate([mean + std, (mean - std)[::-1]])
+        figure.add_trace(
+            go.Scatter(
+                x=band_x,
+                y=band_y,
+                mode="lines",
+                fill="toself",
+                fillcolor=_rgba(color, 0.18),
+                line={"width": 0},
+                hoverinfo="skip",
+                legendgroup=edge,
+                showlegend=False,
+                visible=visible,
+            )
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=layers,
+                y=mean,
+                mode="lines+markers",
+                name=edge,
+                line={"color": color},
+                legendgroup=edge,
+                visible=visible,
+                customdata=np.stack([std, rows["count"].to_numpy()], axis=-1),
+                hovertemplate="layer %{x}<br>mean %{y:.4f}<br>sd %{customdata[0]:.4f}<br>"
+                "n %{customdata[1]}<extra>" + edge + "</extra>",
+            )
+        )
+    figure.update_layout(
+        template=TEMPLATE,
+        title={
+            "text": "Attention flow over layers (mean over heads and samples; band: ±1 SD across samples)"
+        },
+        xaxis={"title": {"text": "layer"}, "dtick": 1},
+        yaxis={"title": {"text": "attention mass"}, "rangemode": "tozero"},
+        height=480,
+        margin={"l": 70, "r": 30, "t": 60, "b": 40},
+        legend={"title": {"text": "edge (click to show/hide)"}},
+    )
+    return figure
+
+
+def _frame_title(layer: int) -> str:
+    return f"Frame × frame flow, layer {layer} (mean over heads and samples)"
+
+
+def _rgba(color: str, alpha: float) -> str:
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"

@@ -1,0 +1,277 @@
+"""`RunWriter`: appends traced samples to an HDF5 run file, each flushed and marked complete last, so runs survive crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+
+import flowlens
+from flowlens.errors import FlowlensError
+from flowlens.store import schema
+from flowlens.store.records import SampleTrace
+
+
+class RunWriter:
+    """Writes one run file: root attributes once, then one group per sample, flushed sample by sample.
+
+    A sample group gets `complete=True` as its last attribute, followed by a flush (and fsync): a killed
+    process leaves at most one incomplete group, which readers skip and `resume=True` deletes. With
+    `resume=True` an existing file is reopened; its config must agree with `config` on `match_keys`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        config: Mapping[str, Any],
+        model_info: Mapping[str, Any],
+        resume: bool = False,
+        overwrite: bool = False,
+        match_keys: Iterable[str] = schema.RESUME_KEYS,
+    ) -> None:
+        self.path = Path(path)
+        self.config = schema.normalized(dict(config))
+        self.model_info = schema.normalized(dict(model_info))
+        if self.path.exists() and resume:
+            self._file = _open(self.path, "r+")
+            try:
+                schema.check_format(self._file, self.path)
+                _check_compatible(self._file, self.path, self.config, self.model_info, tuple(match_keys))
+                self._drop_incomplete()
+            except BaseException:
+                self._file.close()
+                raise
+        elif self.path.exists() and not overwrite:
+            raise FlowlensError(
+                f"{self.path} already exists: resume it, choose another output, or overwrite it"
+            )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = _open(self.path, "w")
+            self._init_root()
+        self._seq = 1 + max((int(g.attrs.get("seq", -1)) for g in self._entries()), default=-1)
+
+    # ------------------------------------------------------------------ queries
+    def completed_ids(self) -> list[str]:
+        """Ids of the complete samples, in write order (a resuming caller skips these)."""
+        groups = [g for g in self._file[schema.SAMPLES].values() if g.attrs.get("complete", False)]
+        return [str(g.attrs["id"]) for g in sorted(groups, key=lambda g: int(g.attrs["seq"]))]
+
+    def failed(self) -> dict[str, str]:
+        """Recorded failures: sample id -> reason, in write order."""
+        groups = [g for g in self._file[schema.FAILURES].values() if "reason" in g.attrs]
+        return {
+            str(g.attrs["id"]): str(g.attrs["reason"])
+            for g in sorted(groups, key=lambda g: int(g.attrs["seq"]))
+        }
+
+    # ------------------------------------------------------------------ writing
+    def write_sample(self, trace: SampleTrace) -> None:
+        """Store one sample's trace, mark it complete and flush; a failed write leaves no group behind."""
+        arrays = _checked_arrays(trace)
+        name = schema.escape_id(trace.sample_id)
+        samples = self._file[schema.SAMPLES]
+        if name in samples:
+            if samples[name].attrs.get("complete", False):
+                raise FlowlensError(f"sample {trace.sample_id!r} is already in {self.path}")
+            del samples[name]
+        group = samples.create_group(name)
+        try:
+            self._fill(group, trace, arrays)
+        except BaseException:
+            del samples[name]
+            self._flush()
+            raise
+        group.attrs["complete"] = True
+        if name in self._file[schema.FAILURES]:  # an earlier failure of this sample was retried successfully
+            del self._file[schema.FAILURES][name]
+        self._seq += 1
+        self._flush()
+
+    def write_failure(self, sample_id: str, reason: str, metadata: Mapping[str, Any] | None = None) -> None:
+        """Record that `sample_id` failed and why; completed samples are never touched (retried on resume)."""
+        name = schema.escape_id(sample_id)
+        samples, failures = self._file[schema.SAMPLES], self._file[schema.FAILURES]
+        if name in samples and samples[name].attrs.get("complete", False):
+            raise FlowlensError(
+                f"sample {sample_id!r} is already complete in {self.path}; not recording a failure"
+            )
+        if name in samples:
+            del samples[name]
+        if name in failures:
+            del failures[name]
+        group = failures.create_group(name)
+        group.attrs["id"] = sample_id
+        group.attrs["seq"] = self._seq
+        group.attrs["metadata"] = schema.to_json(dict(metadata or {}))
+        group.attrs["written"] = _now()
+        group.attrs["reason"] = str(reason) or "unknown error"  # last: a failure without a reason is ignored
+        self._seq += 1
+        self._flush()
+
+    # ---------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Flush and close the file (idempotent)."""
+        if self._file.id.valid:
+            self._flush()
+            self._file.close()
+
+    @property
+    def closed(self) -> bool:
+        return not self._file.id.valid
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ helpers
+    def _init_root(self) -> None:
+        attrs = self._file.attrs
+        attrs["format"] = schema.FORMAT
+        attrs["format_version"] = schema.FORMAT_VERSION
+        attrs["config"] = schema.to_json(self.config)
+        attrs["model_info"] = schema.to_json(self.model_info)
+        attrs["model"] = str(self.model_info.get("model") or self.config.get("model") or "")
+        attrs["revision"] = str(self.model_info.get("revision") or self.config.get("revision") or "")
+        attrs["flowlens_version"] = flowlens.__version__
+        attrs["created"] = _now()
+        self._file.create_group(schema.SAMPLES)
+        self._file.create_group(schema.FAILURES)
+        self._flush()
+
+    def _entries(self) -> list[h5py.Group]:
+        return [*self._file[schema.SAMPLES].values(), *self._file[schema.FAILURES].values()]
+
+    def _drop_incomplete(self) -> None:
+        samples = self._file[schema.SAMPLES]
+        for name in [n for n, g in samples.items() if not g.attrs.get("complete", False)]:
+            del samples[name]
+        failures = self._file[schema.FAILURES]
+        for name in [n for n, g in failures.items() if "reason" not in g.attrs]:
+            del failures[name]
+        self._flush()
+
+    def _fill(self, group: h5py.Group, trace: SampleTrace, arrays: dict[str, np.ndarray]) -> None:
+        group.attrs["id"] = trace.sample_id
+        group.attrs["seq"] = self._seq
+        group.attrs["metadata"] = schema.to_json(dict(trace.metadata))
+        answer = trace.answer
+        group.attrs["letters"] = json.dumps(list(answer.letters))
+        group.attrs["predicted"] = str(answer.predicted)
+        group.attrs["answer"] = json.dumps(answer.answer)
+        group.attrs["correct"] = json.dumps(None if answer.correct is None else bool(answer.correct))
+        group.attrs["written"] = _now()
+        layout = np.frombuffer(trace.layout.to_json().encode(), dtype=np.uint8)
+        group.create_dataset(schema.LAYOUT, data=layout, chunks=True, **schema.COMPRESSION)
+        _create(group, schema.PROBS, arrays.pop(schema.PROBS), ("option",))
+        for name, (_, axes) in schema.ARRAYS.items():
+            _create(group, name, arrays.pop(name), axes)
+        video = group.create_group(schema.RESID_VIDEO)
+        for key in sorted(arrays):
+            _create(
+                video, key.split("/", 1)[1], arrays[key], schema.RESID_VIDEO_AXES, lead=arrays[key].shape[0]
+            )
+
+    def _flush(self) -> None:
+        self._file.flush()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _create(group: h5py.Group, name: str, data: np.ndarray, axes: tuple[str, ...], lead: int = 1) -> None:
+    """One chunked, gzip-compressed dataset with its axis names in the `axes` attribute."""
+    chunks = schema.chunk_shape(data.shape, data.dtype.itemsize, lead=lead)
+    options = {"chunks": chunks, **schema.COMPRESSION} if chunks else {}
+    group.create_dataset(name, data=data, **options).attrs["axes"] = list(axes)
+
+
+def _checked_arrays(trace: SampleTrace) -> dict[str, np.ndarray]:
+    """The trace's arrays cast to their stored dtypes, after checking every shape against the layout."""
+    layout = trace.layout
+    n_layers, n_heads, d_model = layout.n_layers, layout.n_heads, layout.d_model
+    n_seg, n_frames, n_video = len(layout.partition), layout.n_frames, layout.n_video
+    n_question = int(layout["question"].size)
+    expected = {
+        "segment_flow": (n_layers, n_heads, n_seg, n_seg),
+        "frame_flow": (n_layers, n_heads, n_frames, n_frames),
+        "last_to_video": (n_layers, n_heads, n_video),
+        "question_to_video": (n_layers, n_question, n_video),
+        "resid_last": (n_layers, d_model),
+        "resid_frame_mean": (n_layers, n_frames, d_model),
+    }
+    arrays: dict[str, np.ndarray] = {}
+    for name, shape in expected.items():
+        arrays[name] = _cast(trace.sample_id, name, getattr(trace, name), schema.ARRAYS[name][0], shape)
+    for layer, value in trace.resid_video.items():
+        if not 0 <= int(layer) < n_layers:
+            raise ValueError(f"sample {trace.sample_id}: resid_video layer {layer} is not in [0, {n_layers})")
+        key = f"{schema.RESID_VIDEO}/{int(layer)}"
+        arrays[key] = _cast(trace.sample_id, key, value, schema.RESID_VIDEO_DTYPE, (n_video, d_model))
+    letters = list(trace.answer.letters)
+    arrays[schema.PROBS] = _cast(
+        trace.sample_id, "answer.probs", trace.answer.probs, "float32", (len(letters),)
+    )
+    if letters and trace.answer.predicted not in letters:
+        raise ValueError(
+            f"sample {trace.sample_id}: predicted {trace.answer.predicted!r} is not in {letters}"
+        )
+    return arrays
+
+
+def _cast(sample_id: str, name: str, value: Any, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    array = np.asarray(value)
+    if array.shape != shape:
+        raise ValueError(f"sample {sample_id}: {name} has shape {array.shape}, the layout implies {shape}")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _open(path: Path, mode: str) -> h5py.File:
+    """Open for writing; another live writer (HDF5 file lock) or a damaged file is a one-line FlowlensError."""
+    try:
+        if mode == "w":  # freed space is never reused, so data the last flush points to is never overwritten
+            return h5py.File(path, "w", fs_strategy="aggregate")
+        return h5py.File(path, mode)
+    except (OSError, BlockingIOError) as exc:
+        if "lock" in str(exc).lower():
+            raise FlowlensError(f"{path} is open for writing by another process") from exc
+        raise FlowlensError(f"cannot open {path} as an HDF5 run file: {exc}") from exc
+
+
+def _check_compatible(
+    file: h5py.File, path: Path, config: dict[str, Any], model_info: dict[str, Any], keys: tuple[str, ...]
+) -> None:
+    """Raise when the stored run and the resuming one differ on a key that changes what is measured."""
+    stored_config = json.loads(file.attrs["config"])
+    stored_model = json.loads(file.attrs["model_info"])
+    diffs = [
+        f"{key}: {stored.get(key)!r} in the file, {new.get(key)!r} now"
+        for stored, new, names in (
+            (stored_config, config, keys),
+            (stored_model, model_info, schema.MODEL_KEYS),
+        )
+        for key in names
+        if stored.get(key) != new.get(key)
+    ]
+    if diffs:
+        raise FlowlensError(
+            f"cannot resume {path}: it was written with different settings ({'; '.join(diffs)}); "
+            "use the original settings or a new output file"
+        )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

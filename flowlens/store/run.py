@@ -1,0 +1,197 @@
+"""`open_run` / `Run`: read a run file's complete samples back as `SampleTrace`s and tidy tables."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from flowlens.errors import FlowlensError
+from flowlens.models.layout import TokenLayout
+from flowlens.store import schema
+from flowlens.store.records import AnswerReadout, SampleTrace
+
+
+def open_run(path: str | os.PathLike[str]) -> Run:
+    """Open a run file read-only (also while a writer is still appending to it)."""
+    return Run(path)
+
+
+class Run:
+    """A run file opened read-only: settings, complete samples in write order, failures and tables.
+
+    The sample list is read when the file is opened; open it again to see samples a live writer adds.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FlowlensError(f"no run file at {self.path}")
+        self._file = _open_read(self.path)
+        try:
+            schema.check_format(self._file, self.path)
+            self._groups = _complete_groups(self._file[schema.SAMPLES])
+        except BaseException:
+            self._file.close()
+            raise
+        self._layouts: dict[str, TokenLayout] = {}
+
+    # ------------------------------------------------------------------ settings
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The resolved run configuration the writer stored."""
+        return json.loads(self._file.attrs["config"])
+
+    @cached_property
+    def model_info(self) -> dict[str, Any]:
+        """Model id, revision and whatever else the writer was given about the model."""
+        return json.loads(self._file.attrs["model_info"])
+
+    @property
+    def flowlens_version(self) -> str:
+        return str(self._file.attrs["flowlens_version"])
+
+    @property
+    def created(self) -> str:
+        """ISO-8601 UTC time the run file was created."""
+        return str(self._file.attrs["created"])
+
+    # ------------------------------------------------------------------- samples
+    @property
+    def samples(self) -> list[str]:
+        """Ids of the complete samples, in write order."""
+        return list(self._groups)
+
+    @cached_property
+    def failures(self) -> dict[str, str]:
+        """Failed samples: id -> reason, in write order."""
+        groups = [g for g in self._file[schema.FAILURES].values() if "reason" in g.attrs]
+        return {
+            str(g.attrs["id"]): str(g.attrs["reason"])
+            for g in sorted(groups, key=lambda g: int(g.attrs["seq"]))
+        }
+
+    def failure_metadata(self, sample_id: str) -> dict[str, Any]:
+        """The metadata recorded with a failure (e.g. its task)."""
+        if sample_id not in self.failures:
+            raise FlowlensError(f"no failure recorded for {sample_id!r} in {self.path}")
+        return json.loads(self._file[schema.FAILURES][schema.escape_id(sample_id)].attrs["metadata"])
+
+    def layout(self, sample_id: str) -> TokenLayout:
+        """The sample's `TokenLayout` (cached)."""
+        if sample_id not in self._layouts:
+            raw = self._group(sample_id)[schema.LAYOUT][()]
+            self._layouts[sample_id] = TokenLayout.from_json(raw.tobytes().decode())
+        return self._layouts[sample_id]
+
+    def metadata(self, sample_id: str) -> dict[str, Any]:
+        """The sample's metadata (task, question, ... as the writer got them)."""
+        return json.loads(self._group(sample_id).attrs["metadata"])
+
+    def answer(self, sample_id: str) -> AnswerReadout:
+        """Option letters, their probabilities, the prediction and the ground truth."""
+        group = self._group(sample_id)
+        return AnswerReadout(
+            letters=json.loads(group.attrs["letters"]),
+            probs=group[schema.PROBS][()],
+            predicted=str(group.attrs["predicted"]),
+            answer=json.loads(group.attrs["answer"]),
+            correct=json.loads(group.attrs["correct"]),
+        )
+
+    def array(self, sample_id: str, name: str) -> np.ndarray:
+        """One stored array (`segment_flow`, `frame_flow`, ..., or `resid_video/<layer>`) without the rest."""
+        group = self._group(sample_id)
+        if name not in group or not isinstance(group[name], h5py.Dataset):
+            valid = [*schema.ARRAYS, *(f"{schema.RESID_VIDEO}/{k}" for k in group[schema.RESID_VIDEO])]
+            raise FlowlensError(f"sample {sample_id!r} has no array {name!r}; arrays: {', '.join(valid)}")
+        return group[name][()]
+
+    def resid_video_layers(self, sample_id: str) -> list[int]:
+        """Layers at which every video token's residual was stored for this sample."""
+        return sorted(int(k) for k in self._group(sample_id)[schema.RESID_VIDEO])
+
+    def sample(self, sample_id: str) -> SampleTrace:
+        """The full `SampleTrace` of one complete sample, as it was written."""
+        group = self._group(sample_id)
+        arrays = {name: group[name][()] for name in schema.ARRAYS}
+        video = {int(k): v[()] for k, v in group[schema.RESID_VIDEO].items()}
+        return SampleTrace(
+            sample_id=sample_id,
+            layout=self.layout(sample_id),
+            answer=self.answer(sample_id),
+            resid_video=dict(sorted(video.items())),
+            metadata=self.metadata(sample_id),
+            **arrays,
+        )
+
+    # -------------------------------------------------------------------- tables
+    def tables(self) -> list[str]:
+        """Names `table` accepts."""
+        from flowlens.store.tables import TABLES
+
+        return list(TABLES)
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A tidy table (one row per value) over all complete samples; see docs/run-file.md for columns."""
+        from flowlens.store.tables import build_table
+
+        return build_table(self, name)
+
+    # ----------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def __contains__(self, sample_id: object) -> bool:
+        return sample_id in self._groups
+
+    def __repr__(self) -> str:
+        model = self.model_info.get("model", "?")
+        return f"Run({str(self.path)!r}, model={model!r}, samples={len(self)}, failures={len(self.failures)})"
+
+    def _group(self, sample_id: str) -> h5py.Group:
+        try:
+            return self._file[schema.SAMPLES][self._groups[sample_id]]
+        except KeyError:
+            raise FlowlensError(
+                f"no complete sample {sample_id!r} in {self.path} ({len(self._groups)} samples)"
+            ) from None
+
+
+def _open_read(path: Path) -> h5py.File:
+    """Open without taking the HDF5 file lock, so a live writer neither blocks nor is blocked by readers."""
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        if "locking flag" not in str(exc):
+            raise FlowlensError(f"cannot read {path} as an HDF5 run file: {exc}") from exc
+    try:  # this process already holds the file open (e.g. a RunWriter): share that handle
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise FlowlensError(f"cannot read {path} as an HDF5 run file: {exc}") from exc
+
+
+def _complete_groups(samples: h5py.Group) -> dict[str, str]:
+    """Sample id -> group name of every complete sample, in write order (incomplete groups are skipped)."""
+    groups = [g for g in samples.values() if g.attrs.get("complete", False)]
+    groups.sort(key=lambda g: int(g.attrs["seq"]))
+    return {str(g.attrs["id"]): g.name.rsplit("/", 1)[1] for g in groups}

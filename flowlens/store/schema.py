@@ -1,0 +1,115 @@
+"""Names, dtypes, axes and chunking of the HDF5 run file, shared by the writer and the reader (docs/run-file.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from flowlens.errors import FlowlensError
+
+FORMAT = "flowlens-run"
+FORMAT_VERSION = 1
+
+SAMPLES = "samples"
+FAILURES = "failures"
+RESID_VIDEO = "resid_video"
+PROBS = "probs"
+LAYOUT = "layout"
+
+# Per-sample arrays: name -> (stored dtype, axis names). resid_video/<layer> is (video_token, d_model) float16.
+ARRAYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "segment_flow": ("float32", ("layer", "head", "target", "source")),
+    "frame_flow": ("float32", ("layer", "head", "target_frame", "source_frame")),
+    "last_to_video": ("float32", ("layer", "head", "video_token")),
+    "question_to_video": ("float32", ("layer", "question_token", "video_token")),
+    "resid_last": ("float16", ("layer", "d_model")),
+    "resid_frame_mean": ("float16", ("layer", "frame", "d_model")),
+}
+RESID_VIDEO_DTYPE = "float16"
+RESID_VIDEO_AXES = ("video_token", "d_model")
+
+# Config keys that must agree between a run file and a run that resumes it (missing counts as null).
+RESUME_KEYS = (
+    "analysis",
+    "model",
+    "revision",
+    "frames",
+    "fps",
+    "dtype",
+    "template",
+    "prompt",
+    "blind",
+    "shuffle_frames",
+    "shuffle_seed",
+    "video_layers",
+    "resid_layers",
+    "resid_video_layers",
+    "attention",
+)
+MODEL_KEYS = ("model", "revision")
+
+MAX_CHUNK_BYTES = 1 << 20
+COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def escape_id(sample_id: str) -> str:
+    """HDF5 group name for a sample id: `[A-Za-z0-9_-]` kept, every other UTF-8 byte as %XX (so `/`, `.` are safe)."""
+    if not isinstance(sample_id, str) or not sample_id:
+        raise FlowlensError(f"sample id must be a non-empty string, got {sample_id!r}")
+    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in sample_id)
+
+
+def chunk_shape(
+    shape: tuple[int, ...], itemsize: int, lead: int = 1, max_bytes: int = MAX_CHUNK_BYTES
+) -> tuple[int, ...] | None:
+    """Chunk of `lead` indices of the first (read) axis and whole other axes, halved from the left to fit `max_bytes`.
+
+    Layer-major arrays use lead=1 (one layer per chunk); `resid_video` uses all rows. Returns None
+    (contiguous, uncompressed) for empty or 0-d arrays, which HDF5 cannot chunk.
+    """
+    if not shape or 0 in shape:
+        return None
+    chunk = [min(max(lead, 1), shape[0]), *shape[1:]]
+    axis = 0
+    while math.prod(chunk) * itemsize > max_bytes and axis < len(chunk):
+        if chunk[axis] > 1:
+            chunk[axis] = math.ceil(chunk[axis] / 2)
+        else:
+            axis += 1
+    return tuple(chunk)
+
+
+def check_format(file: Any, path: Any) -> None:
+    """Raise unless `file` (an open h5py.File) is a run file this flowlens can read."""
+    if file.attrs.get("format") != FORMAT:
+        raise FlowlensError(f"{path} is not a flowlens run file")
+    version = int(file.attrs.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        raise FlowlensError(
+            f"{path} has run-file format {version}; this flowlens reads up to {FORMAT_VERSION}: upgrade flowlens"
+        )
+
+
+def to_json(value: Any) -> str:
+    """JSON text of a config/metadata value; numpy scalars and arrays become plain numbers and lists."""
+    return json.dumps(value, default=_json_default, sort_keys=True)
+
+
+def normalized(value: Any) -> Any:
+    """`value` as it reads back from JSON, so tuples and lists (or numpy and Python numbers) compare equal."""
+    return json.loads(to_json(value))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return str(value)

@@ -1,0 +1,126 @@
+"""Tidy tables (one row per value) built from a `Run`: flows, summary edges, answers and failures.
+
+Label columns of the large flow tables (`sample`, `target`, `source`, `edge`) are pandas categoricals
+and index columns (`layer`, `head`, frames) int16, so a table of many samples stays small in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from flowlens.errors import FlowlensError
+from flowlens.store.edges import EDGES, edge_flows
+
+if TYPE_CHECKING:
+    from flowlens.store.run import Run
+
+INDEX = np.int16
+
+
+def frame_flow(run: Run) -> pd.DataFrame:
+    """sample, layer, head, target_frame, source_frame, value: `frame_flow` of every sample."""
+    columns = ["layer", "head", "target_frame", "source_frame"]
+    parts = [_long(run.array(sample, "frame_flow"), columns) for sample in run.samples]
+    return _with_sample(run, parts, columns)
+
+
+def segment_flow(run: Run) -> pd.DataFrame:
+    """sample, layer, head, target, source, value: `segment_flow` with segment names from each layout."""
+    names: dict[str, int] = {}
+    parts = []
+    for sample in run.samples:
+        part = _long(run.array(sample, "segment_flow"), ["layer", "head", "target", "source"])
+        codes = np.asarray(
+            [names.setdefault(n, len(names)) for n in run.layout(sample).partition], dtype=np.int32
+        )
+        part["target"], part["source"] = codes[part["target"]], codes[part["source"]]
+        parts.append(part)
+    table = _with_sample(run, parts, ["layer", "head", "target", "source"])
+    for column in ("target", "source"):
+        table[column] = pd.Categorical.from_codes(table[column].to_numpy(np.int32), categories=list(names))
+    return table
+
+
+def flow_summary(run: Run) -> pd.DataFrame:
+    """sample, layer, edge, value: head-mean flow along each summary edge (`flowlens.store.edges`)."""
+    parts = []
+    for sample in run.samples:
+        flows = edge_flows(run.array(sample, "segment_flow"), run.layout(sample))
+        n_layers = run.layout(sample).n_layers
+        parts.append(
+            {
+                "layer": np.tile(np.arange(n_layers, dtype=INDEX), len(flows)),
+                "edge": np.repeat(np.asarray([EDGES.index(e) for e in flows], dtype=np.int32), n_layers),
+                "value": np.concatenate(list(flows.values())) if flows else np.zeros(0),
+            }
+        )
+    table = _with_sample(run, parts, ["layer", "edge"])
+    table["edge"] = pd.Categorical.from_codes(table["edge"].to_numpy(np.int32), categories=list(EDGES))
+    return table
+
+
+def answers(run: Run) -> pd.DataFrame:
+    """sample, task, answer, predicted, correct, p_<letter>...: the clean answer readout per sample."""
+    rows, letters = [], set()
+    for sample in run.samples:
+        readout = run.answer(sample)
+        letters.update(readout.letters)
+        row = {
+            "sample": sample,
+            "task": run.metadata(sample).get("task"),
+            "answer": readout.answer,
+            "predicted": readout.predicted,
+            "correct": readout.correct,
+        }
+        row.update({f"p_{x}": float(p) for x, p in zip(readout.letters, readout.probs, strict=True)})
+        rows.append(row)
+    columns = ["sample", "task", "answer", "predicted", "correct", *(f"p_{x}" for x in sorted(letters))]
+    table = pd.DataFrame(rows, columns=columns)
+    table["correct"] = table["correct"].astype("boolean")
+    for column in columns[5:]:
+        table[column] = table[column].astype(np.float64)
+    return table
+
+
+def failures(run: Run) -> pd.DataFrame:
+    """sample, reason: every recorded failure."""
+    return pd.DataFrame({"sample": list(run.failures), "reason": list(run.failures.values())})
+
+
+TABLES: dict[str, Callable[[Run], pd.DataFrame]] = {
+    "frame_flow": frame_flow,
+    "segment_flow": segment_flow,
+    "flow_summary": flow_summary,
+    "answers": answers,
+    "failures": failures,
+}
+
+
+def build_table(run: Run, name: str) -> pd.DataFrame:
+    """The table called `name`; an unknown name is a FlowlensError listing the valid ones."""
+    if name not in TABLES:
+        raise FlowlensError(f"no table {name!r}; tables: {', '.join(TABLES)}")
+    return TABLES[name](run)
+
+
+def _long(array: np.ndarray, columns: list[str]) -> dict[str, np.ndarray]:
+    """Index columns and a `value` column for every element of `array`, in C order."""
+    index = np.indices(array.shape, dtype=INDEX).reshape(array.ndim, -1)
+    return {**dict(zip(columns, index, strict=True)), "value": array.reshape(-1)}
+
+
+def _with_sample(run: Run, parts: list[dict[str, np.ndarray]], columns: list[str]) -> pd.DataFrame:
+    """Concatenate the parts (one per sample, in `run.samples` order) behind a categorical `sample` column."""
+    lengths = np.asarray([len(part["value"]) for part in parts], dtype=np.int64)
+    codes = np.repeat(np.arange(len(parts), dtype=np.int32), lengths)
+    data: dict[str, object] = {"sample": pd.Categorical.from_codes(codes, categories=run.samples)}
+    for column in [*columns, "value"]:
+        data[column] = np.concatenate([part[column] for part in parts]) if parts else np.zeros(0, INDEX)
+    table = pd.DataFrame(data)
+    if not parts:
+        table["value"] = table["value"].astype(np.float32)
+    return table
