@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.trace_speed import bench_trace_speed
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -44,6 +46,10 @@ def bench_tiny_forward(repeats: int = 5) -> dict:
 
 
 def main() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
         "python": platform.python_version(),
@@ -52,10 +58,14 @@ def main() -> None:
         "machine": platform.machine(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    result = {"meta": meta, "tiny_forward_8_frames": bench_tiny_forward()}
-    path = RESULTS / "tiny_forward.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    results = {
+        "tiny_forward.json": {"meta": meta, "tiny_forward_8_frames": bench_tiny_forward()},
+        "trace_speed.json": {"meta": meta, "trace_vs_sdpa_vs_eager": bench_trace_speed(layers=8, repeats=3)},
+    }
+    for name, result in results.items():
+        path = RESULTS / name
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ Each mode runs in its own process so peak memory (ru_maxrss growth over the forw
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -23,12 +25,10 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def run_mode(mode: str, layers: int, repeats: int) -> dict:
+def prepare(layers: int):
+    """The benchmark model and one ~4100-token sample."""
     from benchmarks.models import bench_llava_next_video
     from flowlens.data.sample import Sample
-    from flowlens.engine.backend import active_handler, language_attention
-    from flowlens.engine.capture import FlowCapture
-    from flowlens.engine.residuals import ResidualCapture
 
     torch.set_num_threads(2)
     lm = bench_llava_next_video(layers)
@@ -37,74 +37,90 @@ def run_mode(mode: str, layers: int, repeats: int) -> dict:
         "bench", video, "Which object appeared first?", ["red ball", "blue box", "green star"], "B"
     )
     inputs, layout = lm.prepare(sample, frames=FRAMES)
+    return lm, inputs, layout
+
+
+def forward(mode: str, lm, inputs, layout) -> None:
+    """One forward of the language model and vision tower in `mode` (sdpa | trace | eager)."""
+    from flowlens.engine.backend import active_handler, language_attention
+    from flowlens.engine.capture import FlowCapture
+    from flowlens.engine.residuals import ResidualCapture
+
     cfg = lm.adapter.text_config
-
-    def forward() -> None:
-        with torch.no_grad():
-            if mode == "sdpa":
+    with torch.no_grad():
+        if mode == "sdpa":
+            lm.model(**inputs, logits_to_keep=1)
+        elif mode == "trace":
+            capture, residuals = FlowCapture(layout, lm.device), ResidualCapture(layout, lm.device)
+            with (
+                language_attention(lm.model, cfg),
+                active_handler(capture, layout.n_layers),
+                residuals.attached(lm.adapter.language_layers()),
+            ):
                 lm.model(**inputs, logits_to_keep=1)
-            elif mode == "trace":
-                capture, residuals = FlowCapture(layout, lm.device), ResidualCapture(layout, lm.device)
-                with (
-                    language_attention(lm.model, cfg),
-                    active_handler(capture, layout.n_layers),
-                    residuals.attached(lm.adapter.language_layers()),
-                ):
-                    lm.model(**inputs, logits_to_keep=1)
-                (
-                    capture.segment_flow(),
-                    capture.frame_flow(),
-                    capture.last_to_video(),
-                    capture.question_to_video(),
-                )
-                residuals.resid_last(), residuals.resid_frame_mean()
-            else:
-                previous = cfg._attn_implementation
-                cfg._attn_implementation = "eager"
-                try:
-                    lm.model(**inputs, output_attentions=True, logits_to_keep=1)
-                finally:
-                    cfg._attn_implementation = previous
+            capture.segment_flow(), capture.frame_flow(), capture.last_to_video(), capture.question_to_video()
+            residuals.resid_last(), residuals.resid_frame_mean()
+        else:
+            previous = cfg._attn_implementation
+            cfg._attn_implementation = "eager"
+            try:
+                lm.model(**inputs, output_attentions=True, logits_to_keep=1)
+            finally:
+                cfg._attn_implementation = previous
 
+
+def memory_of(mode: str, layers: int) -> dict:
+    """Peak RSS growth over one forward, sampled every millisecond (run in a fresh process per mode).
+
+    ru_maxrss cannot be used: loading and preprocessing already set a higher peak than the forward.
+    """
+    lm, inputs, layout = prepare(layers)
+    forward(mode, lm, inputs, layout)  # warm the allocator, as the timed runs are
+    gc.collect()
     before = _rss_mib()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        forward()
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
-        "mode": mode,
-        "seq_len": layout.seq_len,
-        "layers": layers,
-        "seconds_min": min(times),
-        "seconds_all": times,
-        "peak_rss_growth_mib": peak - before,
-        "rss_before_mib": before,
-    }
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    forward(mode, lm, inputs, layout)
+    done.set()
+    sampler.join()
+    peak[0] = max(peak[0], _rss_mib())
+    return {"mode": mode, "seq_len": layout.seq_len, "peak_rss_growth_mib": peak[0] - before}
 
 
 def bench_trace_speed(layers: int = 8, repeats: int = 3) -> dict:
-    """Run the three modes side by side (separate processes) and report ratios to SDPA."""
+    """Time the three modes interleaved in one process (fair under load); memory in separate processes."""
+    lm, inputs, layout = prepare(layers)
+    modes = ("sdpa", "trace", "eager")
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for mode in modes:
+        forward(mode, lm, inputs, layout)  # warm-up
+    for _ in range(repeats):
+        for mode in modes:
+            start = time.perf_counter()
+            forward(mode, lm, inputs, layout)
+            times[mode].append(time.perf_counter() - start)
     rows = {}
-    for mode in ("sdpa", "trace", "eager"):
+    for mode in modes:
         out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.trace_speed",
-                "--mode",
-                mode,
-                "--layers",
-                str(layers),
-                "--repeats",
-                str(repeats),
-            ],
+            [sys.executable, "-m", "benchmarks.trace_speed", "--mode", mode, "--layers", str(layers)],
             capture_output=True,
             text=True,
             check=True,
         )
-        rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        rows[mode] = {
+            **json.loads(out.stdout.strip().splitlines()[-1]),
+            "seconds_min": min(times[mode]),
+            "seconds_all": times[mode],
+            "layers": layers,
+        }
     base = rows["sdpa"]
     for row in rows.values():
         row["time_ratio_to_sdpa"] = row["seconds_min"] / base["seconds_min"]
@@ -122,13 +138,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=["sdpa", "trace", "eager"], required=True)
     parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    print(json.dumps(run_mode(args.mode, args.layers, args.repeats)))
+    print(json.dumps(memory_of(args.mode, args.layers)))
 
 
 if __name__ == "__main__":

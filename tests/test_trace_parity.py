@@ -100,3 +100,33 @@ def test_residuals_and_answer(traced):
     np.testing.assert_allclose(trace.answer.probs, probs, atol=1e-6)
     assert trace.answer.predicted == "ABCD"[int(np.argmax(probs))]
     assert trace.answer.correct == (trace.answer.predicted == "B")
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "padded", "additive"])
+def test_handler_matches_plain_attention_under_any_mask(mask_kind):
+    """The capture handler against a plain softmax(QK^T + M)V, for every kind of mask transformers may pass."""
+    lm = tiny("qwen2_vl")
+    _, layout = lm.prepare(make_sample(random_video(frames=FRAMES)), frames=FRAMES)
+    t, heads, kv_heads, dim = layout.seq_len, 4, 2, 16
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, t, dim, generator=gen) for h in (heads, kv_heads, kv_heads))
+    allowed = torch.ones(t, t).tril().bool()
+    if mask_kind == "padded":
+        allowed[:, :3] = False  # left padding: nobody attends the first three keys
+        allowed[torch.arange(3), torch.arange(3)] = True  # (padding rows attend themselves, as HF does)
+    mask = {"none": None, "causal": allowed[None, None], "padded": allowed[None, None]}.get(mask_kind)
+    if mask_kind == "additive":
+        mask = torch.zeros(1, 1, t, t).masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+    class Layer(torch.nn.Module):
+        layer_idx = 0
+
+    capture = FlowCapture(layout, torch.device("cpu"), CaptureOptions(chunk_bytes=heads * t * 4 * 3 * 10))
+    out = capture(Layer(), q, k, v, mask, dim**-0.5)
+    kk, vv = (x.repeat_interleave(heads // kv_heads, dim=1) for x in (k, v))
+    scores = (q @ kk.transpose(-1, -2)) * dim**-0.5
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1)
+    torch.testing.assert_close(out, (probs @ vv).transpose(1, 2), atol=1e-5, rtol=0)
+    capture.flow_sums[1:] = [capture.flow_sums[0]] * (layout.n_layers - 1)  # only layer 0 ran
+    expected = reduce_groups(probs[0].double().numpy()[None], layout, layout.partition)[0]
+    np.testing.assert_allclose(capture.segment_flow()[0], expected, atol=ATOL)

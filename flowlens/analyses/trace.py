@@ -49,6 +49,7 @@ def check_context(lm: VideoLM, layout: TokenLayout) -> None:
 def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = None) -> SampleTrace:
     """Run one sample with the flowlens backend and return everything the trace keeps."""
     options = options or TraceOptions()
+    sample.validate(require_options=True)
     inputs, layout = lm.prepare(sample, frames=options.frames)
     check_context(lm, layout)
     capture = FlowCapture(layout, lm.device, CaptureOptions(chunk_bytes=options.chunk_bytes))

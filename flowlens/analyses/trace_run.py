@@ -55,11 +55,13 @@ def trace(
     """Trace every sample into `out/trace.h5` (and `out/report.html`); return the opened `Run`.
 
     A sample that cannot be prepared (missing video, no options, answer not an option, too long) is
-    recorded as failed with its reason and the run goes on. With `resume`, finished samples are skipped.
+    recorded as failed with its reason and the run goes on; so is a dataset line that failed to load
+    (`samples.failures`, id `<file>:<line>`). With `resume`, finished samples are skipped.
     """
     options = options or TraceOptions()
     out_dir = Path(out) if out is not None else default_out_dir()
     path = out_dir / RUN_FILE
+    load_failures = list(getattr(samples, "failures", []))  # dataset lines that never became samples
     samples = list(samples)
     model_info = {
         "model": lm.name,
@@ -69,6 +71,10 @@ def trace(
     }
     config = run_config(lm, options, config_extra)
     with RunWriter(path, config, model_info, resume=resume, overwrite=overwrite) as writer:
+        for failure in load_failures:
+            writer.write_failure(
+                f"{Path(failure.source).name}:{failure.line}", failure.reason, {"line": failure.line}
+            )
         done = set(writer.completed_ids())
         todo = [s for s in samples if str(s.id) not in done]
         for sample in tqdm(todo, desc="trace", unit="sample", disable=not progress):

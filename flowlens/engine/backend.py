@@ -64,8 +64,10 @@ def flowlens_attention(
 
 
 def flowlens_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
-    """SDPA's boolean mask, never skipped, so handlers always see the causal/padding structure."""
-    kwargs["allow_is_causal_skip"] = False
+    """SDPA's boolean mask; None (as for SDPA) when it is the plain causal triangle, which handlers then apply.
+
+    Registering a mask function matters: without one transformers passes no mask at all, even with padding.
+    """
     return sdpa_mask(*args, **kwargs)
 
 
@@ -106,10 +108,3 @@ def active_handler(handler: AttentionHandler, expected_calls: int | None = None)
             f"the flowlens attention backend ran {calls} times, expected {expected_calls} (one per language layer): "
             "this model's attention does not go through transformers' AttentionInterface"
         )
-
-
-def causal_bool_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
-    """(1, 1, Tq, Tk) True where a query may attend a key, for queries at the end of the keys."""
-    q = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-    k = torch.arange(k_len, device=device)[None, :]
-    return (k <= q)[None, None]

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from flowlens.engine.backend import causal_bool_mask
 from flowlens.models.layout import TokenLayout
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -29,11 +28,29 @@ class CaptureOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
 
 
-def _is_causal(mask: torch.Tensor) -> bool:
-    """Whether no query may attend a later key (then a query chunk needs only the keys up to its end)."""
-    if mask.dtype == torch.bool:
-        return not torch.triu(mask[0, 0], diagonal=1).any().item()
-    return bool((torch.triu(mask[0, 0], diagonal=1) <= torch.finfo(mask.dtype).min / 2).all().item())
+def _causal_structure(mask: torch.Tensor) -> tuple[bool, bool]:
+    """(no query attends a later key, the mask is exactly the causal triangle) for a (B, 1, T, T) mask.
+
+    The first lets a query chunk stop at its last key; the second lets it mask only its diagonal block.
+    """
+    if mask.dtype != torch.bool or mask.shape[0] != 1:
+        return False, False
+    square = mask[0, 0]
+    causal = not torch.triu(square, diagonal=1).any().item()
+    pure = causal and bool(torch.tril(square).sum().item() == square.shape[0] * (square.shape[0] + 1) // 2)
+    return causal, pure
+
+
+def key_runs(labels: list[int]) -> tuple[list[tuple[int, int]], list[int]]:
+    """Maximal runs [a, b) of equal labels in sequence order, and the label of each run."""
+    runs, run_labels = [], []
+    start = 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            runs.append((start, i))
+            run_labels.append(labels[start])
+            start = i
+    return runs, run_labels
 
 
 def group_matrix(layout: TokenLayout, names: list[str], device: torch.device) -> torch.Tensor:
@@ -53,6 +70,9 @@ class FlowCapture:
         self.onehot = group_matrix(layout, list(layout.partition), device)  # (T, S); frames are segments too
         self.frame_index = [layout.partition.index(name) for name in layout.frame_groups]
         self.counts = self.onehot.sum(0).clamp_min(1.0)
+        self.runs, run_segment = key_runs(self.onehot.argmax(1).tolist())
+        self.run_to_segment = torch.zeros(len(self.runs), self.onehot.shape[1], device=device)
+        self.run_to_segment[torch.arange(len(self.runs)), torch.as_tensor(run_segment)] = 1.0
         self.video = torch.as_tensor(layout["video"], device=device)
         self.question = torch.as_tensor(layout["question"], device=device)
         self.last = int(layout["last"][0])
@@ -82,62 +102,42 @@ class FlowCapture:
         q = query.reshape(batch, kv_heads, group, q_len, head_dim)
         k = key.unsqueeze(2)
         v = value.unsqueeze(2)
-        if mask is None:
-            mask = causal_bool_mask(q_len, k_len, query.device)
-        causal = _is_causal(mask)
+        causal, pure_causal = (True, True) if mask is None else _causal_structure(mask)
         chunk = max(1, self.options.chunk_bytes // (4 * heads * k_len * 3))
         out = torch.empty(batch, kv_heads, group, q_len, head_dim, dtype=query.dtype, device=query.device)
         flow = torch.zeros(heads, self.onehot.shape[1], self.onehot.shape[1], device=query.device)
-        # One matmul gives both the output and each query's mass per key segment: P @ [V | onehot].
-        fused = self.options.flows and value.dtype == torch.float32
-        if fused:
-            v = torch.cat([v, self.onehot.expand(batch, kv_heads, 1, -1, -1)], dim=-1)
+        q = q * scaling  # scale the (small) queries instead of every score
         for start in range(0, q_len, chunk):
             stop = min(q_len, start + chunk)
             keys = stop if causal else k_len  # causal: queries before `stop` never see later keys
-            probs = self._probs(
-                q[..., start:stop, :], k[..., :keys, :], mask[..., start:stop, :keys], scaling, start
-            )
-            product = torch.matmul(probs.to(v.dtype), v[..., :keys, :])
-            out[..., start:stop, :] = product[..., :head_dim]
-            flat = probs.reshape(heads, stop - start, keys)
-            mass = product[..., head_dim:].reshape(heads, stop - start, -1) if fused else None
-            self._reduce(layer, flat, start, stop, flow, mass)
+            scores = torch.matmul(q[..., start:stop, :], k[..., :keys, :].transpose(-1, -2)).float()
+            if pure_causal:  # only the diagonal block holds masked entries
+                diagonal = torch.ones(
+                    stop - start, stop - start, dtype=torch.bool, device=query.device
+                ).triu_(1)
+                scores[..., start:].masked_fill_(diagonal, float("-inf"))
+            elif mask.dtype == torch.bool:
+                scores.masked_fill_(~mask[..., start:stop, :keys].unsqueeze(2), float("-inf"))
+            else:
+                scores.add_(mask[..., start:stop, :keys].unsqueeze(2).float())
+            probs = torch.softmax(scores, dim=-1)
+            del scores
+            out[..., start:stop, :] = torch.matmul(probs.to(v.dtype), v[..., :keys, :])
+            self._reduce(layer, probs.reshape(heads, stop - start, keys), start, stop, flow)
         if self.options.flows:
             self.flow_sums[layer] = flow
         return out.reshape(batch, heads, q_len, head_dim).transpose(1, 2).contiguous()
 
-    @staticmethod
-    def _probs(
-        q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, scaling: float, start: int
-    ) -> torch.Tensor:
-        """Softmax probabilities (fp32) for a chunk of queries starting at `start`, as eager attention computes them."""
-        scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scaling)
-        if mask.dtype == torch.bool:
-            if mask[
-                ..., :start
-            ].all():  # keys before the chunk all allowed: only the diagonal block is masked
-                scores[..., start:].masked_fill_(~mask[..., start:].unsqueeze(2), float("-inf"))
-            else:
-                scores.masked_fill_(~mask.unsqueeze(2), float("-inf"))
-        else:
-            scores.add_(mask.unsqueeze(2).float())
-        return torch.softmax(scores, dim=-1)
-
-    def _reduce(
-        self,
-        layer: int,
-        probs: torch.Tensor,
-        start: int,
-        stop: int,
-        flow: torch.Tensor,
-        mass: torch.Tensor | None,
-    ) -> None:
+    def _reduce(self, layer: int, probs: torch.Tensor, start: int, stop: int, flow: torch.Tensor) -> None:
         """Fold one chunk of probabilities (H, C, Tk) into the layer's reductions."""
         if self.options.flows:
-            if mass is None:  # (H, C, S): mass of each query on each key segment
-                mass = torch.matmul(probs, self.onehot[: probs.shape[-1]])
-            flow += torch.matmul(self.onehot[start:stop].T, mass)  # summed over each target segment's queries
+            keys = probs.shape[-1]
+            # Mass of each query on each contiguous run of keys (slices are far cheaper than a one-hot matmul),
+            # then on each segment, then summed over each target segment's queries.
+            sums = [probs[..., a : min(b, keys)].sum(-1) for a, b in self.runs if a < keys]
+            run_mass = torch.stack(sums, dim=-1)
+            mass = torch.matmul(run_mass, self.run_to_segment[: run_mass.shape[-1]])
+            flow += torch.matmul(self.onehot[start:stop].T, mass)
         if self.options.last_to_video and start <= self.last < stop:
             self.last_rows[layer] = probs[:, self.last - start, self.video].clone()
         if self.options.question_to_video:

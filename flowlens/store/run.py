@@ -20,7 +20,9 @@ from flowlens.store.records import AnswerReadout, SampleTrace
 
 
 def open_run(path: str | os.PathLike[str]) -> Run:
-    """Open a run file read-only (also while a writer is still appending to it)."""
+    """Open a run file (or the folder holding `trace.h5`) read-only, also while a writer still appends to it."""
+    if Path(path).is_dir():
+        path = Path(path) / "trace.h5"
     return Run(path)
 
 
