@@ -97,9 +97,17 @@ class VideoAdapter:
     def text_config(self) -> Any:
         return self.model.config.get_text_config()
 
+    def language_model(self) -> nn.Module:
+        """The decoder stack (embeddings excluded from its call, final norm included)."""
+        return self.model.model.language_model
+
     def language_layers(self) -> nn.ModuleList:
         """The decoder layers of the language model (the ones flowlens traces and intervenes on)."""
-        return self.model.model.language_model.layers
+        return self.language_model().layers
+
+    def output_head(self) -> nn.Module:
+        """The unembedding applied to the language model's final (normed) hidden state."""
+        return self.model.lm_head
 
     # -- inputs ----------------------------------------------------------------
     def placeholder_token_id(self) -> int:

@@ -1,0 +1,67 @@
+"""A plain attention-knockout implementation, as Map the Flow computes it, to check flowlens against.
+
+One full forward per condition; every layer's attention is eager softmax(QK^T * s + M) V with an
+explicit 4-D additive mask M built with loops over the layout's positions. Shares no code with
+flowlens' knockout engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+
+REFERENCE = "flowlens_reference_eager"
+
+
+def reference_mask(layout, blocks, n_heads: int, heads=None) -> torch.Tensor:
+    """(1, H, T, T) additive mask: 0 where allowed, float32 min where causal-masked or blocked."""
+    t = layout.seq_len
+    allowed = np.tril(np.ones((t, t), dtype=bool))
+    for block in blocks:
+        if block.is_cross_frame:
+            frames = [layout[f"frame{i}"] for i in range(layout.n_frames)]
+            pairs = [(frames[i], np.concatenate(frames[:i])) for i in range(1, len(frames))]
+        else:
+            pairs = [(layout[block.dst], layout[block.src])]
+        for queries, keys in pairs:
+            for q in queries:
+                for k in keys:
+                    allowed[q, k] = False
+    for q in range(t):  # a row with no key left keeps itself (flowlens' documented rule)
+        if not allowed[q].any():
+            allowed[q, q] = True
+    causal = np.tril(np.ones((t, t), dtype=bool))
+    per_head = np.stack([allowed if heads is None or h in heads else causal for h in range(n_heads)])
+    mask = np.where(per_head, 0.0, np.finfo(np.float32).min).astype(np.float32)
+    return torch.from_numpy(mask)[None]
+
+
+def reference_logits(lm, inputs, layout, knockout) -> torch.Tensor:
+    """Logits at `last` of one full eager forward with `knockout` (or None) applied by an explicit mask."""
+    t = layout.seq_len
+    causal = torch.from_numpy(np.where(np.tril(np.ones((t, t), dtype=bool)), 0.0, np.finfo(np.float32).min))
+    causal = causal.float()[None, None]
+    ko_mask = (
+        None if knockout is None else reference_mask(layout, knockout.blocks, layout.n_heads, knockout.heads)
+    )
+    layers = set() if knockout is None else set(knockout.layers)
+
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        groups = query.shape[1] // key.shape[1]
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+        mask = ko_mask if module.layer_idx in layers else causal
+        scores = torch.matmul(query, key.transpose(2, 3)).float() * scaling + mask
+        probs = torch.softmax(scores, dim=-1).to(value.dtype)
+        return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register(REFERENCE, attention)
+    cfg = lm.adapter.text_config
+    previous = cfg._attn_implementation
+    cfg._attn_implementation = REFERENCE
+    try:
+        with torch.no_grad():
+            return lm.model(**inputs, use_cache=False).logits[0, t - 1].float()
+    finally:
+        cfg._attn_implementation = previous
