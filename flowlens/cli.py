@@ -20,7 +20,7 @@ def _quiet_transformers() -> None:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="Hugging Face id, local folder, or tiny:<family>")
+    parser.add_argument("model", help="Hugging Face id, local folder, tiny:<family>, or toy")
     parser.add_argument("--device", default=None, help="torch device (default: cpu)")
     parser.add_argument(
         "--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU)"
@@ -94,6 +94,136 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Multiple-choice accuracy per task from the option-letter probabilities at `last`."""
+    from flowlens.analyses.evaluate import evaluate
+    from flowlens.data import load as load_dataset
+
+    samples = load_dataset(args.dataset, split=args.split, seed=args.seed, limit=args.limit, progress=True)
+    lm = _load(args)
+    result = evaluate(
+        lm,
+        samples,
+        frames=args.frames,
+        blind=args.blind,
+        shuffle_frames=args.shuffle_frames,
+        shuffle_seed=args.shuffle_seed,
+    )
+    report = {
+        "model": args.model,
+        "dataset": str(args.dataset),
+        "split": args.split,
+        "seed": args.seed,
+        **result.to_dict(),
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        result.samples.to_csv(args.out, index=False)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    mode = "blind (blank frames)" if args.blind else "shuffled frames" if args.shuffle_frames else "video"
+    print(f"{args.model} on {args.dataset}: {len(samples)} samples, {args.frames} frames, {mode}")
+    print(f"  {'task':<18} {'n':>5} {'accuracy':>9} {'chance':>7} {'failed':>7}")
+    for row in result.summary.itertuples():
+        print(f"  {row.task:<18} {row.n:>5} {row.accuracy:>9.3f} {row.chance:>7.3f} {row.failed:>7}")
+    for failure in result.failures[:5]:
+        where = failure.get("id") or f"line {failure.get('line')}"
+        print(f"  failed {where}: {failure['reason']}")
+    if len(result.failures) > 5:
+        print(f"  ... and {len(result.failures) - 5} more failures (see --json)")
+    return 0
+
+
+def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset", required=True, help="synthetic, or a .jsonl file (id, video, question, options, answer)"
+    )
+    parser.add_argument("--split", default=None, help="split of a generated dataset: train | val | test")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="generate a fresh synthetic set from this seed"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="use the first N samples")
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Trace a dataset into DIR/trace.h5 and DIR/report.html; the exit code is the number of failed samples."""
+    from flowlens.analyses.trace import TraceOptions
+    from flowlens.analyses.trace_run import trace
+    from flowlens.data import load as load_dataset
+    from flowlens.engine.sizing import estimate_trace_size, human_bytes
+
+    samples = load_dataset(args.dataset, split=args.split, seed=args.seed, limit=args.limit, progress=True)
+    lm = _load(args)
+    options = TraceOptions(frames=args.frames, video_layers=args.video_layers or [])
+    if samples:
+        try:
+            _, layout = lm.prepare(samples[0], frames=args.frames)
+            size = estimate_trace_size(layout)
+            print(
+                f"tracing {len(samples)} samples of {layout.seq_len} tokens (~{human_bytes(size.total)} each "
+                f"before compression; full attention maps would be {human_bytes(size.full_attention_fp16)})",
+                file=sys.stderr,
+            )
+        except FlowlensError:
+            pass  # the sample fails again inside the run, where its reason is recorded
+    extra = {"dataset": str(args.dataset), "split": args.split, "seed": args.seed, "limit": args.limit}
+    run = trace(
+        lm, samples, args.out, options, resume=args.resume, overwrite=args.overwrite, config_extra=extra
+    )
+    failed = len(run.failures)
+    answers = run.table("answers")
+    accuracy = float(answers["correct"].mean()) if len(answers) else float("nan")
+    print(f"traced {len(run.samples)} samples into {run.path}; accuracy {accuracy:.3f}; {failed} failed")
+    for sample_id, reason in list(run.failures.items())[:5]:
+        print(f"  failed {sample_id}: {reason}")
+    return min(failed, 125)
+
+
+def cmd_knockout(args: argparse.Namespace) -> int:
+    """Attention-knockout sweep into DIR/knockout.h5 and DIR/report.html; exit code = number of failed samples."""
+    from flowlens.analyses.knockout import SweepOptions
+    from flowlens.analyses.knockout_run import knockout
+    from flowlens.data import load as load_dataset
+    from flowlens.engine.spec import load_block_set
+    from flowlens.store.knockout_summary import summarize_knockout
+
+    block_set = load_block_set(args.preset)
+    samples = load_dataset(args.dataset, split=args.split, seed=args.seed, limit=args.limit, progress=True)
+    lm = _load(args)
+    options = SweepOptions(
+        window=args.window, style=args.style, frames=args.frames, batch_size=args.batch_size
+    )
+    extra = {"dataset": str(args.dataset), "split": args.split, "seed": args.seed, "limit": args.limit}
+    run = knockout(
+        lm,
+        samples,
+        block_set,
+        args.out,
+        options,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        config_extra=extra,
+    )
+    summary = summarize_knockout(run.table("knockout")) if run.samples else None
+    print(f"swept {len(run.samples)} samples into {run.path}; {len(run.failures)} failed")
+    if summary is not None:
+        worst = summary.loc[summary.groupby("curve")["mean_rel_pred"].idxmin()]
+        for row in worst.itertuples():
+            print(f"  {row.curve:<28} strongest drop {row.mean_rel_pred:7.1f}% at layer {row.layer}")
+    for sample_id, reason in list(run.failures.items())[:5]:
+        print(f"  failed {sample_id}: {reason}")
+    return min(len(run.failures), 125)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write one table of a run file as CSV or Parquet."""
+    from flowlens.store.export import export_table
+
+    print(export_table(args.run, args.table, args.format, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flowlens import __version__
 
@@ -110,6 +240,78 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.add_argument("--out", default=None, help="also write the JSON report to this file")
     inspect.set_defaults(func=cmd_inspect)
+
+    ev = sub.add_parser(
+        "eval", help="multiple-choice accuracy per task (optionally blind or with shuffled frames)"
+    )
+    _add_model_options(ev)
+    ev.add_argument("--dataset", required=True, help="synthetic, or a .jsonl file (see docs/toy.md)")
+    ev.add_argument(
+        "--split", default=None, help="split of a generated dataset: train | val | test (default test)"
+    )
+    ev.add_argument("--seed", type=int, default=None, help="generate a fresh synthetic set from this seed")
+    ev.add_argument("--limit", type=int, default=None, help="use the first N samples")
+    ev.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
+    ev.add_argument(
+        "--blind", action="store_true", help="replace the video by blank frames (the no-video floor)"
+    )
+    ev.add_argument(
+        "--shuffle-frames", action="store_true", help="permute the sampled frames (seeded per sample)"
+    )
+    ev.add_argument("--shuffle-seed", type=int, default=0, help="seed of --shuffle-frames (default 0)")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument("--out", default=None, help="also write the per-sample table to this CSV file")
+    ev.set_defaults(func=cmd_eval)
+
+    tr = sub.add_parser(
+        "trace", help="attention flow between frames and from video to text, into an HDF5 run file"
+    )
+    _add_model_options(tr)
+    _add_dataset_options(tr)
+    tr.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
+    tr.add_argument("--out", default=None, help="output folder (default: artifacts/trace-<time>)")
+    tr.add_argument(
+        "--resume", action="store_true", help="continue a run in --out, skipping finished samples"
+    )
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    tr.add_argument(
+        "--video-layers",
+        type=int,
+        nargs="*",
+        default=None,
+        help="also store every video token's residual at these layers",
+    )
+    tr.set_defaults(func=cmd_trace)
+
+    ko = sub.add_parser("knockout", help="attention-knockout sweeps (Map the Flow) over layer windows")
+    _add_model_options(ko)
+    _add_dataset_options(ko)
+    ko.add_argument(
+        "--preset",
+        default="map-the-flow",
+        help="a preset (map-the-flow, cross-frame, vql-to-ql, ...) or a YAML file",
+    )
+    ko.add_argument(
+        "--window", type=int, default=9, help="layers per knockout window (default 9, as the paper)"
+    )
+    ko.add_argument("--style", default="window", choices=["window", "inverse", "top_down", "bottom_up"])
+    ko.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
+    ko.add_argument("--batch-size", type=int, default=16, help="knockout conditions per forward (default 16)")
+    ko.add_argument("--out", default=None, help="output folder (default: artifacts/knockout-<time>)")
+    ko.add_argument(
+        "--resume", action="store_true", help="continue a run in --out, skipping finished samples"
+    )
+    ko.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    ko.set_defaults(func=cmd_knockout)
+
+    ex = sub.add_parser("export", help="write a run table as CSV or Parquet")
+    ex.add_argument("run", help="a run file (trace.h5) or its folder")
+    ex.add_argument(
+        "--table", required=True, help="frame_flow | segment_flow | flow_summary | answers | failures"
+    )
+    ex.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    ex.add_argument("--out", default=None, help="output file or folder (default: beside the run file)")
+    ex.set_defaults(func=cmd_export)
     return parser
 
 

@@ -39,19 +39,33 @@ def reference_mask(layout, blocks, n_heads: int, heads=None) -> torch.Tensor:
 
 def reference_logits(lm, inputs, layout, knockout) -> torch.Tensor:
     """Logits at `last` of one full eager forward with `knockout` (or None) applied by an explicit mask."""
+    if knockout is None:
+        return reference_logits_per_layer(lm, inputs, layout, {})
+    mask = reference_mask(layout, knockout.blocks, layout.n_heads, knockout.heads)
+    return reference_logits_per_layer(lm, inputs, layout, {layer: mask for layer in knockout.layers})
+
+
+def reference_pathway_masks(layout, knockouts) -> dict:
+    """Per layer, the additive mask with the blocks of every knockout active there (a rule table's pathway)."""
+    masks = {}
+    for layer in range(layout.n_layers):
+        blocks = [b for k in knockouts if layer in k.layers for b in k.blocks]
+        if blocks:
+            masks[layer] = reference_mask(layout, blocks, layout.n_heads)
+    return masks
+
+
+def reference_logits_per_layer(lm, inputs, layout, masks: dict) -> torch.Tensor:
+    """One full eager forward where layer l uses the additive mask `masks[l]` (plain causal if absent)."""
     t = layout.seq_len
     causal = torch.from_numpy(np.where(np.tril(np.ones((t, t), dtype=bool)), 0.0, np.finfo(np.float32).min))
     causal = causal.float()[None, None]
-    ko_mask = (
-        None if knockout is None else reference_mask(layout, knockout.blocks, layout.n_heads, knockout.heads)
-    )
-    layers = set() if knockout is None else set(knockout.layers)
 
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         groups = query.shape[1] // key.shape[1]
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
-        mask = ko_mask if module.layer_idx in layers else causal
+        mask = masks.get(module.layer_idx, causal)
         scores = torch.matmul(query, key.transpose(2, 3)).float() * scaling + mask
         probs = torch.softmax(scores, dim=-1).to(value.dtype)
         return torch.matmul(probs, value).transpose(1, 2).contiguous(), None

@@ -39,20 +39,24 @@ def test_empty_knockout_reproduces_clean_logits_exactly(setup):
         sdpa = lm.model(**inputs).logits[0, -1].float()
     torch.testing.assert_close(clean.logits, sdpa, atol=1e-6, rtol=0)
     assert torch.equal(clean.run_from(0, [None])[0], clean.logits)
+    last = layout.seq_len - 1
+    torch.testing.assert_close(clean.run_from(0, [None], last)[0], clean.logits, atol=1e-5, rtol=0)
     empty = CompiledKnockout.compile(Knockout((), range(layout.n_layers)), layout)
     torch.testing.assert_close(clean.run_from(0, [empty])[0], clean.logits, atol=1e-5, rtol=0)
 
 
-def test_knockouts_equal_plain_explicit_mask(setup):
+@pytest.mark.parametrize("from_position", [False, True])
+def test_knockouts_equal_plain_explicit_mask(setup, from_position):
+    """Batched, from each knockout's first layer (and first changed position, reusing the clean KV cache)."""
     lm, inputs, layout, clean = setup
     specs = knockouts(layout.n_layers)
     compiled = [CompiledKnockout.compile(k, layout) for k in specs]
     starts = sorted({min(k.layers) for k in specs})
     for start in starts:
-        batch = [c for c, k in zip(compiled, specs, strict=True) if min(k.layers) == start]
-        batch_logits = clean.run_from(start, [*batch, None])  # batched, plus a clean row
-        ours = [k for k in specs if min(k.layers) == start]
-        for row, knockout in zip(batch_logits, ours, strict=False):
+        group = [(c, k) for c, k in zip(compiled, specs, strict=True) if min(k.layers) == start]
+        position = min(c.first_changed_position for c, _ in group) if from_position else 0
+        batch_logits = clean.run_from(start, [c for c, _ in group] + [None], position)  # plus a clean row
+        for row, (_, knockout) in zip(batch_logits, group, strict=False):
             torch.testing.assert_close(row, reference_logits(lm, inputs, layout, knockout), atol=1e-5, rtol=0)
         torch.testing.assert_close(batch_logits[-1], clean.logits, atol=1e-5, rtol=0)
 

@@ -62,6 +62,14 @@ class CompiledKnockout:
     heads: tuple[int, ...] | None
     label: str
 
+    @property
+    def first_changed_position(self) -> int:
+        """First query row the knockout touches: every earlier position computes exactly as in the clean run."""
+        t = self.allowed.shape[0]
+        causal = torch.ones(t, t, dtype=torch.bool, device=self.allowed.device).tril_()
+        changed = (self.allowed != causal).any(-1).nonzero()
+        return int(changed[0]) if changed.numel() else t - 1
+
     @classmethod
     def compile(
         cls, knockout: Knockout, layout: TokenLayout, device: torch.device | None = None
@@ -89,11 +97,17 @@ class CompiledKnockout:
         return rows[:, :k_len]
 
 
-class EdgeMask:
-    """Attention handler: batch element b runs with knockout `conditions[b]` (None = clean) in its layers."""
+Condition = CompiledKnockout | list[CompiledKnockout] | None
 
-    def __init__(self, conditions: list[CompiledKnockout | None]):
-        self.conditions = conditions
+
+class EdgeMask:
+    """Attention handler: batch element b runs with `conditions[b]` -- a knockout, a list of knockouts
+    whose blocks combine in the layers they share (effective pathways), or None (clean)."""
+
+    def __init__(self, conditions: list[Condition]):
+        self.conditions = [
+            [] if c is None else [c] if isinstance(c, CompiledKnockout) else list(c) for c in conditions
+        ]
 
     def __call__(
         self,
@@ -109,18 +123,16 @@ class EdgeMask:
         k_len = key.shape[2]
         if batch != len(self.conditions):
             raise FlowlensError(f"batch of {batch} inputs but {len(self.conditions)} knockout conditions")
-        active = [c if c is not None and layer in c.layers else None for c in self.conditions]
-        if all(c is None for c in active):
+        active = [[k for k in knockouts if layer in k.layers] for knockouts in self.conditions]
+        if not any(active):
             return None  # plain SDPA with the model's own mask
-        per_head = any(c is not None and c.heads is not None for c in active)
+        per_head = any(k.heads is not None for knockouts in active for k in knockouts)
         base = _base_mask(mask, batch, q_len, k_len, query.device)  # (B, 1, Tq, Tk)
         allowed = base.expand(batch, heads if per_head else 1, q_len, k_len).clone()
-        for b, condition in enumerate(active):
-            if condition is None:
-                continue
-            rows = condition.rows(q_len, k_len)
-            target = slice(None) if condition.heads is None else list(condition.heads)
-            allowed[b, target] &= rows
+        for b, knockouts in enumerate(active):
+            for knockout in knockouts:
+                target = slice(None) if knockout.heads is None else list(knockout.heads)
+                allowed[b, target] &= knockout.rows(q_len, k_len)
         _keep_diagonal(allowed, q_len, k_len)
         out, _ = sdpa_attention_forward(module, query, key, value, allowed, scaling=scaling)
         return out

@@ -217,6 +217,26 @@ class VideoLM:
 
         return trace(self, samples, out, TraceOptions(**options), resume=resume, report=report)
 
+    def knockout(
+        self,
+        samples: Any,
+        spec_or_preset: Any = "map-the-flow",
+        window: int = 9,
+        out: Any = None,
+        resume: bool = False,
+        report: bool = True,
+        **options: Any,
+    ) -> Any:
+        """Attention-knockout sweep (every curve of a preset or `BlockSet`, every layer window); return the `Run`.
+
+        `options` are `flowlens.analyses.knockout.SweepOptions` fields (`style`, `centres`, `frames`, `batch_size`).
+        """
+        from flowlens.analyses.knockout import SweepOptions
+        from flowlens.analyses.knockout_run import knockout
+
+        sweep = SweepOptions(window=window, **options)
+        return knockout(self, samples, spec_or_preset, out, sweep, resume=resume, report=report)
+
     @torch.no_grad()
     def forward(self, inputs: Any, **kwargs: Any) -> Any:
         """One forward pass on prepared inputs (no gradients)."""

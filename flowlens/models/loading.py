@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -12,9 +13,12 @@ import torch
 
 from flowlens.errors import FlowlensError, ModelNotFoundError
 from flowlens.models.base import VideoLM
+from flowlens.models.prompt import PromptTemplate
 from flowlens.models.registry import adapter_for_architecture, supported_families
 
 TINY_PREFIX = "tiny:"
+TOY_NAME = "toy"
+PROMPT_FILE = "flowlens_prompt.json"  # optional PromptTemplate fields saved next to the weights
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -56,7 +60,9 @@ def load(
     model.eval()
     if device is not None:
         model.to(device)
-    return VideoLM(model, processor, adapter_cls(model, processor), name=name_or_path, revision=revision)
+    lm = VideoLM(model, processor, adapter_cls(model, processor), name=name_or_path, revision=revision)
+    lm.template = _prompt_template(source) or lm.template
+    return lm
 
 
 def _resolve_source(name: str, layers: int | None) -> str:
@@ -71,14 +77,27 @@ def _resolve_source(name: str, layers: int | None) -> str:
         return str(tiny_path(family, layers))
     if layers is not None:
         raise FlowlensError("`layers` only applies to tiny:<family> models")
+    if name == TOY_NAME:  # the trained toy model shipped in flowlens/zoo/toy
+        return str(Path(__file__).resolve().parents[1] / "zoo" / "toy")
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if name.count("/") != 1 or name.startswith((".", "/", "~")) or Path(name).suffix:
         raise ModelNotFoundError(
             f"unknown model {name!r}: give a Hugging Face id (org/name), a local model folder, "
-            "or tiny:<family> (see `flowlens inspect --help`)"
+            "tiny:<family>, or toy (see `flowlens inspect --help`)"
         )
     return name
+
+
+def _prompt_template(source: str) -> PromptTemplate | None:
+    """The prompt a local model folder was trained with (`flowlens_prompt.json`), if it ships one."""
+    path = Path(source) / PROMPT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return PromptTemplate(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise FlowlensError(f"{path}: not a valid prompt template ({exc})") from exc
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None) -> torch.dtype:

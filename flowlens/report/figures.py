@@ -13,7 +13,18 @@ from flowlens.store.edges import EDGES
 from flowlens.store.run import Run
 
 SHOWN_EDGES = ("video->question", "video->last", "question->last")  # the others start hidden in the legend
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+PALETTE = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 TEMPLATE = "plotly_white"
 
 
@@ -27,8 +38,8 @@ class FrameFlowMean:
 
 
 def mean_frame_flow(run: Run) -> FrameFlowMean | None:
-    """Mean `frame_flow` over heads and samples; samples of a rarer (layers, frames) shape are left out."""
-    shapes = {sample: (run.layout(sample).n_layers, run.layout(sample).n_frames) for sample in run.samples}
+    """Mean `frame_flow` over heads and traced samples; samples of a rarer (layers, frames) shape are left out."""
+    shapes = {sample: (run.layout(sample).n_layers, run.layout(sample).n_frames) for sample in run.traced}
     counts = Counter(shape for shape in shapes.values() if shape[1] > 0)
     if not counts:
         return None
@@ -37,7 +48,7 @@ def mean_frame_flow(run: Run) -> FrameFlowMean | None:
     total = np.zeros((shape[0], shape[1], shape[1]), dtype=np.float64)
     for sample in used:
         total += run.array(sample, "frame_flow").astype(np.float64).mean(axis=1)
-    return FrameFlowMean(total / len(used), len(used), len(run.samples))
+    return FrameFlowMean(total / len(used), len(used), len(run.traced))
 
 
 def frame_flow_figure(mean: FrameFlowMean) -> go.Figure:
@@ -103,7 +114,7 @@ def edge_figure(summary: pd.DataFrame) -> go.Figure:
                 y=band_y,
                 mode="lines",
                 fill="toself",
-                fillcolor=_rgba(color, 0.18),
+                fillcolor=rgba(color, 0.18),
                 line={"width": 0},
                 hoverinfo="skip",
                 legendgroup=edge,
@@ -143,6 +154,7 @@ def _frame_title(layer: int) -> str:
     return f"Frame × frame flow, layer {layer} (mean over heads and samples)"
 
 
-def _rgba(color: str, alpha: float) -> str:
+def rgba(color: str, alpha: float) -> str:
+    """`#rrggbb` as a CSS rgba() colour with opacity `alpha`."""
     r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"

@@ -12,7 +12,10 @@ import pandas as pd
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
+from flowlens.errors import FlowlensError
+from flowlens.report import knockout
 from flowlens.report.figures import edge_figure, frame_flow_figure, mean_frame_flow
+from flowlens.store.knockout_summary import summarize_knockout
 from flowlens.store.run import Run, open_run
 
 MAX_SAMPLE_ROWS = 500
@@ -47,12 +50,15 @@ def report_context(run: Run) -> dict[str, Any]:
     """Everything the template shows: settings, counts, figures (as script-safe JSON) and answer rows."""
     answers = run.table("answers")
     figures: dict[str, str] = {}
-    frame_mean = mean_frame_flow(run)
+    show_trace = bool(run.traced) or not run.row_tables  # runs of row tables only skip the flow sections
+    frame_mean = mean_frame_flow(run) if show_trace else None
     if frame_mean is not None:
         figures["frame-flow"] = frame_flow_figure(frame_mean).to_json()
-    summary = run.table("flow_summary")
-    if len(summary):
-        figures["edge-flow"] = edge_figure(summary).to_json()
+    if show_trace:
+        summary = run.table("flow_summary")
+        if len(summary):
+            figures["edge-flow"] = edge_figure(summary).to_json()
+    knockouts = _knockout_context(run, figures)
     scored = answers[answers["correct"].notna()]
     return {
         "title": f"flowlens report: {run.model_info.get('model') or run.config.get('model') or run.path.name}",
@@ -64,6 +70,9 @@ def report_context(run: Run) -> dict[str, Any]:
         "config": [(key, _show(value)) for key, value in sorted(run.config.items())],
         "model_info": [(key, _show(value)) for key, value in sorted(run.model_info.items())],
         "n_samples": len(run.samples),
+        "samples_label": "samples" if run.row_tables else "samples traced",
+        "show_trace": show_trace,
+        **knockouts,
         "n_failures": len(run.failures),
         "n_scored": len(scored),
         "accuracy": float(scored["correct"].astype(bool).mean()) if len(scored) else None,
@@ -75,6 +84,36 @@ def report_context(run: Run) -> dict[str, Any]:
         "figures": Markup(_script_safe(json.dumps({k: json.loads(v) for k, v in figures.items()}))),
         "plotly_js": Markup(get_plotlyjs()),
     }
+
+
+def _knockout_context(run: Run, figures: dict[str, str]) -> dict[str, Any]:
+    """The knockout and pathways sections: figures (added to `figures`), per-curve and per-condition rows."""
+    context: dict[str, Any] = {"knockout": None, "pathways": None}
+    if "knockout" in run.row_tables:
+        table = run.table("knockout")
+        try:
+            summary = summarize_knockout(table)
+        except FlowlensError as exc:  # a malformed table should not cost the rest of the report
+            context["knockout"] = {
+                "error": str(exc),
+                "curves": [],
+                "n_samples": table["sample"].nunique(),
+                "clean_accuracy": None,
+            }
+        else:
+            clean = knockout.clean_accuracy(table)
+            figures["knockout-change"] = knockout.change_figure(summary).to_json()
+            figures["knockout-accuracy"] = knockout.accuracy_figure(summary, clean).to_json()
+            context["knockout"] = {
+                "error": None,
+                "curves": knockout.curve_rows(summary),
+                "n_samples": table["sample"].nunique(),
+                "clean_accuracy": clean,
+            }
+    if "pathways" in run.row_tables:
+        table = run.table("pathways")
+        context["pathways"] = {"rows": knockout.pathway_rows(table), "n_samples": table["sample"].nunique()}
+    return context
 
 
 def _answer_rows(answers: pd.DataFrame) -> list[dict[str, Any]]:

@@ -1,10 +1,10 @@
-"""`RunWriter`: appends traced samples to an HDF5 run file, each flushed and marked complete last, so runs survive crashes."""
+"""`RunWriter`: appends samples (traces or row tables) to an HDF5 run file, each flushed and marked complete last."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -15,16 +15,19 @@ import numpy as np
 
 import flowlens
 from flowlens.errors import FlowlensError
-from flowlens.store import schema
-from flowlens.store.records import SampleTrace
+from flowlens.models.layout import TokenLayout
+from flowlens.store import rows, schema
+from flowlens.store.records import AnswerReadout, SampleTrace
 
 
 class RunWriter:
     """Writes one run file: root attributes once, then one group per sample, flushed sample by sample.
 
-    A sample group gets `complete=True` as its last attribute, followed by a flush (and fsync): a killed
-    process leaves at most one incomplete group, which readers skip and `resume=True` deletes. With
-    `resume=True` an existing file is reopened; its config must agree with `config` on `match_keys`.
+    A sample is written once, either as a trace (`write_sample`) or as row tables (`write_rows`), its
+    group's `kind` attribute saying which. A sample group gets `complete=True` as its last attribute,
+    followed by a flush (and fsync): a killed process leaves at most one incomplete group, which readers
+    skip and `resume=True` deletes. With `resume=True` an existing file is reopened; its config must agree
+    with `config` on `match_keys`.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class RunWriter:
                 schema.check_format(self._file, self.path)
                 _check_compatible(self._file, self.path, self.config, self.model_info, tuple(match_keys))
                 self._drop_incomplete()
+                self._file.attrs["format_version"] = schema.FORMAT_VERSION  # what it may hold from now on
             except BaseException:
                 self._file.close()
                 raise
@@ -76,24 +80,38 @@ class RunWriter:
     def write_sample(self, trace: SampleTrace) -> None:
         """Store one sample's trace, mark it complete and flush; a failed write leaves no group behind."""
         arrays = _checked_arrays(trace)
-        name = schema.escape_id(trace.sample_id)
-        samples = self._file[schema.SAMPLES]
-        if name in samples:
-            if samples[name].attrs.get("complete", False):
-                raise FlowlensError(f"sample {trace.sample_id!r} is already in {self.path}")
-            del samples[name]
-        group = samples.create_group(name)
-        try:
-            self._fill(group, trace, arrays)
-        except BaseException:
-            del samples[name]
-            self._flush()
-            raise
-        group.attrs["complete"] = True
-        if name in self._file[schema.FAILURES]:  # an earlier failure of this sample was retried successfully
-            del self._file[schema.FAILURES][name]
-        self._seq += 1
-        self._flush()
+
+        def fill(group: h5py.Group) -> None:
+            self._fill_sample(
+                group, trace.sample_id, schema.KIND_TRACE, trace.layout, trace.answer, trace.metadata
+            )
+            self._fill_trace(group, arrays)
+
+        self._commit(trace.sample_id, fill)
+
+    def write_rows(
+        self,
+        sample_id: str,
+        layout: TokenLayout,
+        answer: AnswerReadout,
+        table: str,
+        columns: Mapping[str, np.ndarray | Sequence[Any]],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store one sample as a row table (e.g. its knockout sweep) with its layout, clean answer and metadata.
+
+        Columns are equal-length 1-D str/int/float/bool values (else a FlowlensError); like `write_sample`,
+        the group is marked complete last and flushed, and a failed write leaves no group behind.
+        """
+        checked = rows.checked_columns(table, columns)
+        probs = _checked_probs(sample_id, answer)
+
+        def fill(group: h5py.Group) -> None:
+            self._fill_sample(group, sample_id, schema.KIND_ROWS, layout, answer, dict(metadata or {}))
+            _create(group, schema.PROBS, probs, ("option",))
+            rows.write_table(group.create_group(schema.TABLES_GROUP), table, checked)
+
+        self._commit(sample_id, fill)
 
     def write_failure(self, sample_id: str, reason: str, metadata: Mapping[str, Any] | None = None) -> None:
         """Record that `sample_id` failed and why; completed samples are never touched (retried on resume)."""
@@ -162,18 +180,51 @@ class RunWriter:
             del failures[name]
         self._flush()
 
-    def _fill(self, group: h5py.Group, trace: SampleTrace, arrays: dict[str, np.ndarray]) -> None:
-        group.attrs["id"] = trace.sample_id
+    def _commit(self, sample_id: str, fill: Callable[[h5py.Group], None]) -> None:
+        """Create the sample's group, let `fill` write it, then mark it complete and flush; on error, delete it."""
+        name = schema.escape_id(sample_id)
+        samples = self._file[schema.SAMPLES]
+        if name in samples:
+            if samples[name].attrs.get("complete", False):
+                raise FlowlensError(f"sample {sample_id!r} is already in {self.path}")
+            del samples[name]
+        group = samples.create_group(name)
+        try:
+            fill(group)
+        except BaseException:
+            del samples[name]
+            self._flush()
+            raise
+        group.attrs["complete"] = True
+        if name in self._file[schema.FAILURES]:  # an earlier failure of this sample was retried successfully
+            del self._file[schema.FAILURES][name]
+        self._seq += 1
+        self._flush()
+
+    def _fill_sample(
+        self,
+        group: h5py.Group,
+        sample_id: str,
+        kind: str,
+        layout: TokenLayout,
+        answer: AnswerReadout,
+        metadata: Mapping[str, Any],
+    ) -> None:
+        """What every sample has: id, order, kind, metadata, the clean answer's attributes and the layout."""
+        group.attrs["id"] = sample_id
         group.attrs["seq"] = self._seq
-        group.attrs["metadata"] = schema.to_json(dict(trace.metadata))
-        answer = trace.answer
+        group.attrs["kind"] = kind
+        group.attrs["metadata"] = schema.to_json(dict(metadata))
         group.attrs["letters"] = json.dumps(list(answer.letters))
         group.attrs["predicted"] = str(answer.predicted)
         group.attrs["answer"] = json.dumps(answer.answer)
         group.attrs["correct"] = json.dumps(None if answer.correct is None else bool(answer.correct))
         group.attrs["written"] = _now()
-        layout = np.frombuffer(trace.layout.to_json().encode(), dtype=np.uint8)
-        group.create_dataset(schema.LAYOUT, data=layout, chunks=True, **schema.COMPRESSION)
+        data = np.frombuffer(layout.to_json().encode(), dtype=np.uint8)
+        group.create_dataset(schema.LAYOUT, data=data, chunks=True, **schema.COMPRESSION)
+
+    def _fill_trace(self, group: h5py.Group, arrays: dict[str, np.ndarray]) -> None:
+        """A trace's checked arrays: probs, the reductions and `resid_video/<layer>`."""
         _create(group, schema.PROBS, arrays.pop(schema.PROBS), ("option",))
         for name, (_, axes) in schema.ARRAYS.items():
             _create(group, name, arrays.pop(name), axes)
@@ -221,15 +272,17 @@ def _checked_arrays(trace: SampleTrace) -> dict[str, np.ndarray]:
             raise ValueError(f"sample {trace.sample_id}: resid_video layer {layer} is not in [0, {n_layers})")
         key = f"{schema.RESID_VIDEO}/{int(layer)}"
         arrays[key] = _cast(trace.sample_id, key, value, schema.RESID_VIDEO_DTYPE, (n_video, d_model))
-    letters = list(trace.answer.letters)
-    arrays[schema.PROBS] = _cast(
-        trace.sample_id, "answer.probs", trace.answer.probs, "float32", (len(letters),)
-    )
-    if letters and trace.answer.predicted not in letters:
-        raise ValueError(
-            f"sample {trace.sample_id}: predicted {trace.answer.predicted!r} is not in {letters}"
-        )
+    arrays[schema.PROBS] = _checked_probs(trace.sample_id, trace.answer)
     return arrays
+
+
+def _checked_probs(sample_id: str, answer: AnswerReadout) -> np.ndarray:
+    """The answer's option probabilities as float32, after checking them and the prediction against its letters."""
+    letters = list(answer.letters)
+    probs = _cast(sample_id, "answer.probs", answer.probs, "float32", (len(letters),))
+    if letters and answer.predicted not in letters:
+        raise ValueError(f"sample {sample_id}: predicted {answer.predicted!r} is not in {letters}")
+    return probs
 
 
 def _cast(sample_id: str, name: str, value: Any, dtype: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`open_run` / `Run`: read a run file's complete samples back as `SampleTrace`s and tidy tables."""
+"""`open_run` / `Run`: read a run file's complete samples back as `SampleTrace`s, row tables and tidy tables."""
 
 from __future__ import annotations
 
@@ -17,19 +17,29 @@ from flowlens.errors import FlowlensError
 from flowlens.models.layout import TokenLayout
 from flowlens.store import schema
 from flowlens.store.records import AnswerReadout, SampleTrace
+from flowlens.store.rows import read_table
+
+RUN_FILES = ("trace.h5", "knockout.h5", "pathways.h5")
 
 
 def open_run(path: str | os.PathLike[str]) -> Run:
-    """Open a run file (or the folder holding `trace.h5`) read-only, also while a writer still appends to it."""
+    """Open a run file (or the folder holding one: trace.h5, knockout.h5, pathways.h5) read-only.
+
+    Works while a writer still appends to the file.
+    """
     if Path(path).is_dir():
-        path = Path(path) / "trace.h5"
+        found = [Path(path) / name for name in RUN_FILES if (Path(path) / name).is_file()]
+        if len(found) != 1:
+            raise FlowlensError(f"expected one of {', '.join(RUN_FILES)} in {path}, found {len(found)}")
+        path = found[0]
     return Run(path)
 
 
 class Run:
     """A run file opened read-only: settings, complete samples in write order, failures and tables.
 
-    The sample list is read when the file is opened; open it again to see samples a live writer adds.
+    Each sample is a trace (`sample`, `array`) or row tables (`rows`); both have a layout, answer and
+    metadata. The sample list is read when the file is opened; open it again to see samples a live writer adds.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -39,7 +49,7 @@ class Run:
         self._file = _open_read(self.path)
         try:
             schema.check_format(self._file, self.path)
-            self._groups = _complete_groups(self._file[schema.SAMPLES])
+            self._groups, self._kinds = _complete_groups(self._file[schema.SAMPLES])
         except BaseException:
             self._file.close()
             raise
@@ -70,6 +80,35 @@ class Run:
     def samples(self) -> list[str]:
         """Ids of the complete samples, in write order."""
         return list(self._groups)
+
+    @property
+    def traced(self) -> list[str]:
+        """Ids of the complete samples that hold a trace, in write order."""
+        return [sample for sample, kind in self._kinds.items() if kind == schema.KIND_TRACE]
+
+    def kind(self, sample_id: str) -> str:
+        """What a complete sample holds: `trace` or `rows`."""
+        self._group(sample_id)
+        return self._kinds[sample_id]
+
+    @cached_property
+    def row_tables(self) -> dict[str, list[str]]:
+        """Row table name -> ids of the samples that hold it (write order), tables in order of first appearance."""
+        out: dict[str, list[str]] = {}
+        for sample, kind in self._kinds.items():
+            if kind == schema.KIND_ROWS:
+                for table in self._group(sample)[schema.TABLES_GROUP]:
+                    out.setdefault(table, []).append(sample)
+        return out
+
+    def rows(self, sample_id: str, table: str) -> pd.DataFrame:
+        """One sample's row table (e.g. `knockout`) as stored, without the `sample` and `task` columns."""
+        group = self._group(sample_id)
+        tables = group.get(schema.TABLES_GROUP, {})
+        if table not in tables:
+            held = ", ".join(tables) or f"none: it is a {self._kinds[sample_id]}"
+            raise FlowlensError(f"sample {sample_id!r} has no row table {table!r} (its row tables: {held})")
+        return read_table(tables[table])
 
     @cached_property
     def failures(self) -> dict[str, str]:
@@ -110,7 +149,7 @@ class Run:
 
     def array(self, sample_id: str, name: str) -> np.ndarray:
         """One stored array (`segment_flow`, `frame_flow`, ..., or `resid_video/<layer>`) without the rest."""
-        group = self._group(sample_id)
+        group = self._trace_group(sample_id)
         if name not in group or not isinstance(group[name], h5py.Dataset):
             valid = [*schema.ARRAYS, *(f"{schema.RESID_VIDEO}/{k}" for k in group[schema.RESID_VIDEO])]
             raise FlowlensError(f"sample {sample_id!r} has no array {name!r}; arrays: {', '.join(valid)}")
@@ -118,11 +157,11 @@ class Run:
 
     def resid_video_layers(self, sample_id: str) -> list[int]:
         """Layers at which every video token's residual was stored for this sample."""
-        return sorted(int(k) for k in self._group(sample_id)[schema.RESID_VIDEO])
+        return sorted(int(k) for k in self._trace_group(sample_id)[schema.RESID_VIDEO])
 
     def sample(self, sample_id: str) -> SampleTrace:
-        """The full `SampleTrace` of one complete sample, as it was written."""
-        group = self._group(sample_id)
+        """The full `SampleTrace` of one complete traced sample, as it was written."""
+        group = self._trace_group(sample_id)
         arrays = {name: group[name][()] for name in schema.ARRAYS}
         video = {int(k): v[()] for k, v in group[schema.RESID_VIDEO].items()}
         return SampleTrace(
@@ -136,13 +175,12 @@ class Run:
 
     # -------------------------------------------------------------------- tables
     def tables(self) -> list[str]:
-        """Names `table` accepts."""
-        from flowlens.store.tables import TABLES
-
-        return list(TABLES)
+        """Names `table` accepts here: trace tables (unless every sample holds rows), answers, failures, row tables."""
+        trace = [] if self._kinds and not self.traced else list(schema.TRACE_TABLES)
+        return [*trace, *schema.RUN_TABLES, *self.row_tables]
 
     def table(self, name: str) -> pd.DataFrame:
-        """A tidy table (one row per value) over all complete samples; see docs/run-file.md for columns."""
+        """A tidy table over the complete samples that have it; see docs/run-file.md for names and columns."""
         from flowlens.store.tables import build_table
 
         return build_table(self, name)
@@ -170,6 +208,15 @@ class Run:
         model = self.model_info.get("model", "?")
         return f"Run({str(self.path)!r}, model={model!r}, samples={len(self)}, failures={len(self.failures)})"
 
+    def _trace_group(self, sample_id: str) -> h5py.Group:
+        group = self._group(sample_id)
+        if self._kinds[sample_id] != schema.KIND_TRACE:
+            held = ", ".join(group[schema.TABLES_GROUP]) if schema.TABLES_GROUP in group else ""
+            raise FlowlensError(
+                f"sample {sample_id!r} holds row tables ({held}), not a trace: read them with Run.rows"
+            )
+        return group
+
     def _group(self, sample_id: str) -> h5py.Group:
         try:
             return self._file[schema.SAMPLES][self._groups[sample_id]]
@@ -192,8 +239,10 @@ def _open_read(path: Path) -> h5py.File:
         raise FlowlensError(f"cannot read {path} as an HDF5 run file: {exc}") from exc
 
 
-def _complete_groups(samples: h5py.Group) -> dict[str, str]:
-    """Sample id -> group name of every complete sample, in write order (incomplete groups are skipped)."""
+def _complete_groups(samples: h5py.Group) -> tuple[dict[str, str], dict[str, str]]:
+    """Sample id -> group name and id -> kind of every complete sample, in write order (incomplete ones skipped)."""
     groups = [g for g in samples.values() if g.attrs.get("complete", False)]
     groups.sort(key=lambda g: int(g.attrs["seq"]))
-    return {str(g.attrs["id"]): g.name.rsplit("/", 1)[1] for g in groups}
+    names = {str(g.attrs["id"]): g.name.rsplit("/", 1)[1] for g in groups}
+    kinds = {str(g.attrs["id"]): schema.sample_kind(g.attrs) for g in groups}
+    return names, kinds

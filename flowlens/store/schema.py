@@ -11,13 +11,23 @@ import numpy as np
 from flowlens.errors import FlowlensError
 
 FORMAT = "flowlens-run"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added row samples (`kind="rows"`); version-1 files hold traces only and read unchanged
+
+# The `kind` attribute of a sample group: what it holds (a group without one is a trace, as in version 1).
+KIND_TRACE = "trace"
+KIND_ROWS = "rows"
 
 SAMPLES = "samples"
 FAILURES = "failures"
 RESID_VIDEO = "resid_video"
 PROBS = "probs"
 LAYOUT = "layout"
+TABLES_GROUP = "tables"  # a rows sample's named tables: tables/<table>/<escaped column>
+
+# Tables every run has, tables built from traced samples, and the columns `Run.table` puts before row columns.
+RUN_TABLES = ("answers", "failures")
+TRACE_TABLES = ("frame_flow", "segment_flow", "flow_summary")
+ROW_KEY_COLUMNS = ("sample", "task")
 
 # Per-sample arrays: name -> (stored dtype, axis names). resid_video/<layer> is (video_token, d_model) float16.
 ARRAYS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -62,6 +72,11 @@ def escape_id(sample_id: str) -> str:
     if not isinstance(sample_id, str) or not sample_id:
         raise FlowlensError(f"sample id must be a non-empty string, got {sample_id!r}")
     return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in sample_id)
+
+
+def sample_kind(attrs: Any) -> str:
+    """A sample group's kind from its attributes: `trace` when absent (version-1 files)."""
+    return str(attrs.get("kind", KIND_TRACE))
 
 
 def chunk_shape(

@@ -1,4 +1,4 @@
-"""Tidy tables (one row per value) built from a `Run`: flows, summary edges, answers and failures.
+"""Tidy tables built from a `Run`: flows and summary edges (traced samples), answers, failures, row tables.
 
 Label columns of the large flow tables (`sample`, `target`, `source`, `edge`) are pandas categoricals
 and index columns (`layer`, `head`, frames) int16, so a table of many samples stays small in memory.
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from flowlens.errors import FlowlensError
+from flowlens.store import schema
 from flowlens.store.edges import EDGES, edge_flows
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ INDEX = np.int16
 def frame_flow(run: Run) -> pd.DataFrame:
     """sample, layer, head, target_frame, source_frame, value: `frame_flow` of every sample."""
     columns = ["layer", "head", "target_frame", "source_frame"]
-    parts = [_long(run.array(sample, "frame_flow"), columns) for sample in run.samples]
+    parts = [_long(run.array(sample, "frame_flow"), columns) for sample in run.traced]
     return _with_sample(run, parts, columns)
 
 
@@ -32,7 +33,7 @@ def segment_flow(run: Run) -> pd.DataFrame:
     """sample, layer, head, target, source, value: `segment_flow` with segment names from each layout."""
     names: dict[str, int] = {}
     parts = []
-    for sample in run.samples:
+    for sample in run.traced:
         part = _long(run.array(sample, "segment_flow"), ["layer", "head", "target", "source"])
         codes = np.asarray(
             [names.setdefault(n, len(names)) for n in run.layout(sample).partition], dtype=np.int32
@@ -48,7 +49,7 @@ def segment_flow(run: Run) -> pd.DataFrame:
 def flow_summary(run: Run) -> pd.DataFrame:
     """sample, layer, edge, value: head-mean flow along each summary edge (`flowlens.store.edges`)."""
     parts = []
-    for sample in run.samples:
+    for sample in run.traced:
         flows = edge_flows(run.array(sample, "segment_flow"), run.layout(sample))
         n_layers = run.layout(sample).n_layers
         parts.append(
@@ -91,6 +92,17 @@ def failures(run: Run) -> pd.DataFrame:
     return pd.DataFrame({"sample": list(run.failures), "reason": list(run.failures.values())})
 
 
+def row_table(run: Run, name: str) -> pd.DataFrame:
+    """sample, task, then the stored columns: a row table (e.g. `knockout`) of every sample that holds it."""
+    parts = []
+    for sample in run.row_tables[name]:
+        part = run.rows(sample, name)
+        part.insert(0, "task", run.metadata(sample).get("task"))
+        part.insert(0, "sample", sample)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)  # columns a sample lacks are missing values
+
+
 TABLES: dict[str, Callable[[Run], pd.DataFrame]] = {
     "frame_flow": frame_flow,
     "segment_flow": segment_flow,
@@ -101,9 +113,16 @@ TABLES: dict[str, Callable[[Run], pd.DataFrame]] = {
 
 
 def build_table(run: Run, name: str) -> pd.DataFrame:
-    """The table called `name`; an unknown name is a FlowlensError listing the valid ones."""
+    """The table called `name` if this run has it (`run.tables()`); otherwise a FlowlensError saying why."""
+    if name in run.row_tables:
+        return row_table(run, name)
+    if name in schema.TRACE_TABLES and name not in run.tables():
+        raise FlowlensError(
+            f"{run.path} has no traced samples, so no {name!r} table (its samples hold row tables); "
+            f"tables: {', '.join(run.tables())}"
+        )
     if name not in TABLES:
-        raise FlowlensError(f"no table {name!r}; tables: {', '.join(TABLES)}")
+        raise FlowlensError(f"no table {name!r}; tables: {', '.join(run.tables())}")
     return TABLES[name](run)
 
 
@@ -114,10 +133,10 @@ def _long(array: np.ndarray, columns: list[str]) -> dict[str, np.ndarray]:
 
 
 def _with_sample(run: Run, parts: list[dict[str, np.ndarray]], columns: list[str]) -> pd.DataFrame:
-    """Concatenate the parts (one per sample, in `run.samples` order) behind a categorical `sample` column."""
+    """Concatenate the parts (one per traced sample, in write order) behind a categorical `sample` column."""
     lengths = np.asarray([len(part["value"]) for part in parts], dtype=np.int64)
     codes = np.repeat(np.arange(len(parts), dtype=np.int32), lengths)
-    data: dict[str, object] = {"sample": pd.Categorical.from_codes(codes, categories=run.samples)}
+    data: dict[str, object] = {"sample": pd.Categorical.from_codes(codes, categories=run.traced)}
     for column in [*columns, "value"]:
         data[column] = np.concatenate([part[column] for part in parts]) if parts else np.zeros(0, INDEX)
     table = pd.DataFrame(data)

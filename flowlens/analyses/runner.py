@@ -1,0 +1,85 @@
+"""The loop every dataset-level analysis shares: one HDF5 run file, a progress bar, failures recorded
+per sample with their reason, resume, and the HTML report at the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from flowlens.data.sample import Sample
+from flowlens.errors import FlowlensError, SampleError
+from flowlens.store.hdf5 import RunWriter
+from flowlens.store.run import Run, open_run
+
+if TYPE_CHECKING:
+    from flowlens.models.base import VideoLM
+
+REPORT_FILE = "report.html"
+
+
+def default_out_dir(analysis: str) -> Path:
+    """A fresh folder under artifacts/ for a run without --out."""
+    return Path("artifacts") / time.strftime(f"{analysis}-%Y%m%d-%H%M%S")
+
+
+def base_config(lm: VideoLM, analysis: str) -> dict[str, Any]:
+    """Config keys every run records: the analysis, the model and how prompts were built."""
+    return {
+        "analysis": analysis,
+        "model": lm.name,
+        "revision": lm.revision,
+        "dtype": str(lm.dtype).removeprefix("torch."),
+        "template": lm.template.to_dict(),
+    }
+
+
+def model_info(lm: VideoLM) -> dict[str, Any]:
+    return {
+        "model": lm.name,
+        "revision": lm.revision,
+        "family": lm.family,
+        "architecture": lm.model.config.architectures[0],
+    }
+
+
+def run_over_samples(
+    lm: VideoLM,
+    samples: Iterable[Sample],
+    path: Path,
+    config: dict[str, Any],
+    write_one: Callable[[RunWriter, Sample], None],
+    resume: bool = False,
+    overwrite: bool = False,
+    report: bool = True,
+    progress: bool = True,
+) -> Run:
+    """Call `write_one(writer, sample)` for each sample not yet in `path`; record failures; write the report.
+
+    A sample that cannot be used (missing video, no options, answer not an option, too long) is recorded
+    as failed with its reason and the run goes on; so is a dataset line that failed to load
+    (`samples.failures`, id `<file>:<line>`). With `resume`, finished samples are skipped.
+    """
+    load_failures = list(getattr(samples, "failures", []))  # dataset lines that never became samples
+    samples = list(samples)
+    with RunWriter(path, config, model_info(lm), resume=resume, overwrite=overwrite) as writer:
+        for failure in load_failures:
+            writer.write_failure(
+                f"{Path(failure.source).name}:{failure.line}", failure.reason, {"line": failure.line}
+            )
+        done = set(writer.completed_ids())
+        todo = [s for s in samples if str(s.id) not in done]
+        for sample in tqdm(todo, desc=str(config["analysis"]), unit="sample", disable=not progress):
+            try:
+                write_one(writer, sample)
+            except (SampleError, FlowlensError) as exc:
+                writer.write_failure(str(sample.id), str(exc), sample.metadata)
+    run = open_run(path)
+    if report:
+        from flowlens.report.html import write_report
+
+        write_report(run, path.parent / REPORT_FILE)
+    return run
