@@ -208,11 +208,44 @@ def cmd_knockout(args: argparse.Namespace) -> int:
     summary = summarize_knockout(run.table("knockout")) if run.samples else None
     print(f"swept {len(run.samples)} samples into {run.path}; {len(run.failures)} failed")
     if summary is not None:
-        worst = summary.loc[summary.groupby("curve")["mean_rel_pred"].idxmin()]
-        for row in worst.itertuples():
-            print(f"  {row.curve:<28} strongest drop {row.mean_rel_pred:7.1f}% at layer {row.layer}")
+        scored = summary.dropna(subset=["mean_rel_pred"])
+        if scored.empty:
+            print("  no sample was answered correctly by the clean model: % changes are averaged over those")
+        for curve, rows in scored.groupby("curve", sort=False):
+            worst = rows.loc[rows["mean_rel_pred"].idxmin()]
+            print(f"  {curve:<28} strongest drop {worst.mean_rel_pred:7.1f}% at layer {int(worst.layer)}")
     for sample_id, reason in list(run.failures.items())[:5]:
         print(f"  failed {sample_id}: {reason}")
+    return min(len(run.failures), 125)
+
+
+def cmd_pathways(args: argparse.Namespace) -> int:
+    """Effective pathways (a rule table, or --auto from a sweep) against the full model and a random control."""
+    from flowlens.analyses.knockout import SweepOptions
+    from flowlens.analyses.pathways import PathwayOptions, auto_pathways, pathways
+    from flowlens.data import load as load_dataset
+    from flowlens.engine.pathways import RuleTable
+
+    if bool(args.rules) == bool(args.auto):
+        raise FlowlensError("give exactly one of --rules FILE.yaml or --auto")
+    samples = load_dataset(args.dataset, split=args.split, seed=args.seed, limit=args.limit, progress=True)
+    lm = _load(args)
+    options = PathwayOptions(frames=args.frames, seed=args.random_seed)
+    extra = {"dataset": str(args.dataset), "split": args.split, "seed": args.seed, "limit": args.limit}
+    common = {"resume": args.resume, "overwrite": args.overwrite, "config_extra": extra}
+    if args.auto:
+        sweep = SweepOptions(window=args.window, frames=args.frames)
+        run = auto_pathways(lm, samples, args.out, tuple(args.thresholds), sweep, options, **common)
+    else:
+        run = pathways(lm, samples, RuleTable.load(args.rules), args.out, options, **common)
+    print(f"ran {len(run.samples)} samples into {run.path}; {len(run.failures)} failed")
+    if run.samples:
+        table = run.table("pathways")
+        summary = table.groupby("condition", sort=False).agg(
+            accuracy=("correct", "mean"), kept=("kept_fraction", "mean")
+        )
+        for condition, row in summary.iterrows():
+            print(f"  {condition:<16} accuracy {row.accuracy:6.3f}   edges kept {100 * row.kept:5.1f}%")
     return min(len(run.failures), 125)
 
 
@@ -303,6 +336,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ko.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     ko.set_defaults(func=cmd_knockout)
+
+    pw = sub.add_parser("pathways", help="effective pathways: keep attention edges only where they matter")
+    _add_model_options(pw)
+    _add_dataset_options(pw)
+    pw.add_argument("--rules", default=None, help="a YAML rule table (see docs/knockout.md)")
+    pw.add_argument(
+        "--auto", action="store_true", help="derive rule tables from a knockout sweep of these samples"
+    )
+    pw.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[1.0, 2.0, 5.0, 10.0, 20.0],
+        help="--auto: keep an edge group where its knockout drops p(prediction) by more than this %%",
+    )
+    pw.add_argument("--window", type=int, default=9, help="--auto: knockout window of the sweep (default 9)")
+    pw.add_argument("--random-seed", type=int, default=0, help="seed of the random-blocking control")
+    pw.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
+    pw.add_argument("--out", default=None, help="output folder (default: artifacts/pathways-<time>)")
+    pw.add_argument(
+        "--resume", action="store_true", help="continue a run in --out, skipping finished samples"
+    )
+    pw.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    pw.set_defaults(func=cmd_pathways)
 
     ex = sub.add_parser("export", help="write a run table as CSV or Parquet")
     ex.add_argument("run", help="a run file (trace.h5) or its folder")

@@ -8,15 +8,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import torch
 
-from flowlens.analyses.knockout import SampleSweep
+from flowlens.analyses.knockout import SampleSweep, SweepOptions, sweep_sample
 from flowlens.analyses.runner import base_config, default_out_dir, run_over_samples
 from flowlens.analyses.trace import answer_readout, check_context
 from flowlens.data.sample import Sample
 from flowlens.engine.masks import CompiledKnockout
-from flowlens.engine.pathways import RuleTable, edge_counts, random_control
+from flowlens.engine.pathways import Rule, RuleTable, edge_counts, random_control
 from flowlens.engine.resume import CleanRun
+from flowlens.engine.spec import PRESETS, BlockSet, window
+from flowlens.errors import FlowlensError, SampleError
 from flowlens.store.hdf5 import RunWriter
 from flowlens.store.run import Run
 
@@ -34,27 +37,37 @@ class PathwayOptions:
 
 
 @torch.no_grad()
-def pathways_sample(lm: VideoLM, sample: Sample, rules: RuleTable, options: PathwayOptions) -> SampleSweep:
-    """Full model, effective pathways and the random control on one sample, as rows."""
+def pathways_sample(
+    lm: VideoLM, sample: Sample, rules: RuleTable | dict[str, RuleTable], options: PathwayOptions
+) -> SampleSweep:
+    """Full model, then each rule table's pathways and its random control on one sample, as rows.
+
+    With a dict of rule tables (e.g. one per `--auto` threshold) conditions are named
+    `pathways@<key>` and `random@<key>`.
+    """
     sample.validate(require_options=True)
     inputs, layout = lm.prepare(sample, frames=options.frames)
     check_context(lm, layout)
     clean = CleanRun(lm, inputs, layout)
-    knockouts = rules.knockouts(layout.n_layers)
-    pathway = [CompiledKnockout.compile(k, layout, clean.logits.device) for k in knockouts]
-    control = random_control(layout, knockouts, options.seed)
-    kept, total = edge_counts(layout, knockouts)
-    random_kept = total - sum(int((~c.allowed).tril().sum()) for c in control)
-    logits = clean.run_from(0, [pathway, control])
+    tables = {"": rules} if isinstance(rules, RuleTable) else rules
+    named: list[tuple[str, Any, int]] = []
+    _, total = edge_counts(layout, [])
+    for key, table in tables.items():
+        suffix = f"@{key}" if key else ""
+        knockouts = table.knockouts(layout.n_layers)
+        pathway = [CompiledKnockout.compile(k, layout, clean.logits.device) for k in knockouts]
+        control = random_control(layout, knockouts, options.seed)
+        kept, _ = edge_counts(layout, knockouts)
+        random_kept = total - sum(int((~c.allowed).tril().sum()) for c in control)
+        named += [(f"pathways{suffix}", pathway, kept), (f"random{suffix}", control, random_kept)]
+    logits = clean.run_from(0, [conditions for _, conditions, _ in named])
     rows: dict[str, list[Any]] = {
         k: []
         for k in ("condition", "kept_edges", "total_edges", "kept_fraction", "predicted", "correct", "p_gt")
     }
-    for condition, row_logits, kept_edges in (
-        ("full", clean.logits, total),
-        ("pathways", logits[0], kept),
-        ("random", logits[1], random_kept),
-    ):
+    runs = [("full", clean.logits, total)]
+    runs += [(name, row, kept) for (name, _, kept), row in zip(named, logits, strict=True)]
+    for condition, row_logits, kept_edges in runs:
         readout = answer_readout(row_logits, layout)
         gt = layout.option_letters.index(layout.answer_letter) if layout.answer_letter else None
         rows["condition"].append(condition)
@@ -92,6 +105,85 @@ def pathways(
 
     def write_one(writer: RunWriter, sample: Sample) -> None:
         result = pathways_sample(lm, sample, rules, options)
+        writer.write_rows(result.sample_id, result.layout, result.clean, TABLE, result.rows, result.metadata)
+
+    out_dir = Path(out) if out is not None else default_out_dir("pathways")
+    return run_over_samples(
+        lm, samples, out_dir / RUN_FILE, config, write_one, resume, overwrite, report, progress
+    )
+
+
+# ------------------------------------------------------------------ --auto: rules from a knockout sweep
+AUTO_THRESHOLDS = (1.0, 2.0, 5.0, 10.0, 20.0)
+
+
+def derive_rules(
+    summary: Any, block_set: BlockSet, n_layers: int, window_size: int, threshold: float
+) -> RuleTable:
+    """Keep each curve's edges only in the windows whose knockout lowers p(prediction) by more than `threshold` %.
+
+    `summary` is `summarize_knockout` of a sweep of `block_set` (mean % change over baseline-correct samples).
+    """
+    rules = []
+    for curve, blocks in block_set.curves:
+        rows = summary[(summary["curve"] == curve) & (summary["mean_rel_pred"] < -threshold)]
+        keep = sorted({x for centre in rows["layer"] for x in window(int(centre), n_layers, window_size)})
+        rules += [Rule(block, tuple(keep)) for block in blocks]
+    return RuleTable(f"auto-{threshold:g}", tuple(rules))
+
+
+def auto_pathways(
+    lm: VideoLM,
+    samples: Iterable[Sample],
+    out: str | Path | None = None,
+    thresholds: tuple[float, ...] = AUTO_THRESHOLDS,
+    sweep_options: SweepOptions | None = None,
+    options: PathwayOptions | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    report: bool = True,
+    progress: bool = True,
+    config_extra: dict[str, Any] | None = None,
+) -> Run:
+    """Sweep cross-frame + video/question/last knockouts, derive one rule table per threshold, run them all.
+
+    The pathways table then gives accuracy against the fraction of edges kept, with the random control at
+    the same fractions (`condition` = `pathways@<threshold>` / `random@<threshold>`).
+    """
+    from tqdm.auto import tqdm
+
+    from flowlens.store.knockout_summary import summarize_knockout
+
+    sweep_options = sweep_options or SweepOptions()
+    options = options or PathwayOptions(frames=sweep_options.frames)
+    samples = list(samples)
+    block_set = BlockSet("auto", PRESETS["cross-frame"].curves + PRESETS["vql-to-ql"].curves)
+    frames = []
+    for sample in tqdm(samples, desc="sweep", unit="sample", disable=not progress):
+        try:
+            frames.append(
+                pd.DataFrame({**sweep_sample(lm, sample, block_set, sweep_options).rows, "sample": sample.id})
+            )
+        except (SampleError, FlowlensError):
+            continue  # recorded as failed by the pathways run below
+    if not frames:
+        raise FlowlensError("no sample could be swept, so no rule table can be derived")
+    summary = summarize_knockout(pd.concat(frames, ignore_index=True))
+    n_layers = int(lm.n_layers)
+    tables = {
+        f"{t:g}": derive_rules(summary, block_set, n_layers, sweep_options.window, t) for t in thresholds
+    }
+    config = {
+        **base_config(lm, "pathways"),
+        **asdict(options),
+        "auto": True,
+        "sweep": asdict(sweep_options),
+        "rules": {key: table.to_dict() for key, table in tables.items()},
+        **(config_extra or {}),
+    }
+
+    def write_one(writer: RunWriter, sample: Sample) -> None:
+        result = pathways_sample(lm, sample, tables, options)
         writer.write_rows(result.sample_id, result.layout, result.clean, TABLE, result.rows, result.metadata)
 
     out_dir = Path(out) if out is not None else default_out_dir("pathways")

@@ -237,6 +237,29 @@ class VideoLM:
         sweep = SweepOptions(window=window, **options)
         return knockout(self, samples, spec_or_preset, out, sweep, resume=resume, report=report)
 
+    def pathways(
+        self,
+        samples: Any,
+        rules: Any = None,
+        out: Any = None,
+        auto: bool = False,
+        resume: bool = False,
+        **options: Any,
+    ) -> Any:
+        """Effective pathways: a `RuleTable` (or YAML path), or `auto=True` to derive rule tables from a sweep.
+
+        `options` are `flowlens.analyses.pathways.PathwayOptions` fields (`frames`, `seed`); return the `Run`.
+        """
+        from flowlens.analyses.pathways import PathwayOptions, auto_pathways, pathways
+        from flowlens.engine.pathways import RuleTable
+
+        if auto == (rules is not None):
+            raise ValueError("give exactly one of `rules` or `auto=True`")
+        if auto:
+            return auto_pathways(self, samples, out, options=PathwayOptions(**options), resume=resume)
+        table = rules if isinstance(rules, RuleTable) else RuleTable.load(rules)
+        return pathways(self, samples, table, out, PathwayOptions(**options), resume=resume)
+
     @torch.no_grad()
     def forward(self, inputs: Any, **kwargs: Any) -> Any:
         """One forward pass on prepared inputs (no gradients)."""
