@@ -15,13 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+DEMO_MODEL ?= $(shell test -f flowlens/zoo/toy/config.json && echo toy || echo tiny:llava_next_video)
+
 demo: venv
-	mkdir -p $(DEMO_OUT)
-	$(BIN)/flowlens inspect tiny:llava_next_video --frames 8 --out $(DEMO_OUT)/inspect_llava_next_video.json
-	@for family in llava_onevision qwen2_vl qwen2_5_vl qwen3_vl video_llama_3 internvl; do \
-		$(BIN)/flowlens inspect tiny:$$family --frames 8 --json --out $(DEMO_OUT)/inspect_$$family.json > /dev/null || exit 1; \
-	done
-	@echo "demo: layouts written to $(DEMO_OUT)/"
+	$(BIN)/flowlens trace $(DEMO_MODEL) --dataset synthetic --split test --limit 16 --out $(DEMO_OUT) --overwrite
+	$(BIN)/flowlens inspect $(DEMO_MODEL) --frames 8 --json --out $(DEMO_OUT)/inspect.json > /dev/null
+	@echo "demo: run file, report and layout in $(DEMO_OUT)/ (open $(DEMO_OUT)/report.html)"
 
 test: venv
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
