@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from flowlens.analyses.knockout import SampleSweep, SweepOptions, sweep_sample
-from flowlens.analyses.runner import base_config, default_out_dir, run_over_samples
+from flowlens.analyses.runner import RunControl, run_analysis
 from flowlens.analyses.trace import answer_readout, check_context
 from flowlens.data.sample import Sample
 from flowlens.engine.masks import CompiledKnockout
@@ -85,32 +85,24 @@ def pathways_sample(
 def pathways(
     lm: VideoLM,
     samples: Iterable[Sample],
-    rules: RuleTable,
+    rules: RuleTable | dict[str, RuleTable],
     out: str | Path | None = None,
     options: PathwayOptions | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    report: bool = True,
-    progress: bool = True,
-    config_extra: dict[str, Any] | None = None,
+    **control: Any,
 ) -> Run:
-    """Run the rule table on every sample into `out/pathways.h5`; `run.table("pathways")` has the rows."""
+    """Run the rule table(s) on every sample into `out/pathways.h5`; `run.table("pathways")` has the rows.
+
+    `control`: `RunControl` fields (`resume`, `overwrite`, `report`, `progress`, `config_extra`).
+    """
     options = options or PathwayOptions()
-    config = {
-        **base_config(lm, "pathways"),
-        **asdict(options),
-        "rules": rules.to_dict(),
-        **(config_extra or {}),
-    }
+    tables = rules if isinstance(rules, dict) else {"": rules}
+    settings = {**asdict(options), "rules": {key: table.to_dict() for key, table in tables.items()}}
 
     def write_one(writer: RunWriter, sample: Sample) -> None:
         result = pathways_sample(lm, sample, rules, options)
         writer.write_rows(result.sample_id, result.layout, result.clean, TABLE, result.rows, result.metadata)
 
-    out_dir = Path(out) if out is not None else default_out_dir("pathways")
-    return run_over_samples(
-        lm, samples, out_dir / RUN_FILE, config, write_one, resume, overwrite, report, progress
-    )
+    return run_analysis(lm, samples, "pathways", RUN_FILE, settings, write_one, RunControl(out, **control))
 
 
 # ------------------------------------------------------------------ --auto: rules from a knockout sweep
@@ -139,11 +131,7 @@ def auto_pathways(
     thresholds: tuple[float, ...] = AUTO_THRESHOLDS,
     sweep_options: SweepOptions | None = None,
     options: PathwayOptions | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    report: bool = True,
-    progress: bool = True,
-    config_extra: dict[str, Any] | None = None,
+    **control: Any,
 ) -> Run:
     """Sweep cross-frame + video/question/last knockouts, derive one rule table per threshold, run them all.
 
@@ -159,34 +147,17 @@ def auto_pathways(
     samples = list(samples)
     block_set = BlockSet("auto", PRESETS["cross-frame"].curves + PRESETS["vql-to-ql"].curves)
     frames = []
-    for sample in tqdm(samples, desc="sweep", unit="sample", disable=not progress):
+    for sample in tqdm(samples, desc="sweep", unit="sample", disable=not control.get("progress", True)):
         try:
-            frames.append(
-                pd.DataFrame({**sweep_sample(lm, sample, block_set, sweep_options).rows, "sample": sample.id})
-            )
+            rows = sweep_sample(lm, sample, block_set, sweep_options).rows
+            frames.append(pd.DataFrame({**rows, "sample": sample.id}))
         except (SampleError, FlowlensError):
             continue  # recorded as failed by the pathways run below
     if not frames:
         raise FlowlensError("no sample could be swept, so no rule table can be derived")
     summary = summarize_knockout(pd.concat(frames, ignore_index=True))
-    n_layers = int(lm.n_layers)
     tables = {
-        f"{t:g}": derive_rules(summary, block_set, n_layers, sweep_options.window, t) for t in thresholds
+        f"{t:g}": derive_rules(summary, block_set, lm.n_layers, sweep_options.window, t) for t in thresholds
     }
-    config = {
-        **base_config(lm, "pathways"),
-        **asdict(options),
-        "auto": True,
-        "sweep": asdict(sweep_options),
-        "rules": {key: table.to_dict() for key, table in tables.items()},
-        **(config_extra or {}),
-    }
-
-    def write_one(writer: RunWriter, sample: Sample) -> None:
-        result = pathways_sample(lm, sample, tables, options)
-        writer.write_rows(result.sample_id, result.layout, result.clean, TABLE, result.rows, result.metadata)
-
-    out_dir = Path(out) if out is not None else default_out_dir("pathways")
-    return run_over_samples(
-        lm, samples, out_dir / RUN_FILE, config, write_one, resume, overwrite, report, progress
-    )
+    extra = {"auto": True, "sweep": asdict(sweep_options), **control.pop("config_extra", {})}
+    return pathways(lm, samples, tables, out, options, config_extra=extra, **control)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,45 @@ def model_info(lm: VideoLM) -> dict[str, Any]:
         "family": lm.family,
         "architecture": lm.model.config.architectures[0],
     }
+
+
+@dataclass
+class RunControl:
+    """Where a run goes and how it treats an existing run file (shared by trace, knockout and pathways)."""
+
+    out: str | Path | None = None  # folder; default artifacts/<analysis>-<time>
+    resume: bool = False
+    overwrite: bool = False
+    report: bool = True
+    progress: bool = True
+    config_extra: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, analysis: str, run_file: str) -> Path:
+        return (Path(self.out) if self.out is not None else default_out_dir(analysis)) / run_file
+
+
+def run_analysis(
+    lm: VideoLM,
+    samples: Iterable[Sample],
+    analysis: str,
+    run_file: str,
+    settings: dict[str, Any],
+    write_one: Callable[[RunWriter, Sample], None],
+    control: RunControl,
+) -> Run:
+    """`run_over_samples` with the config every run records (model, template, `settings`, extras)."""
+    config = {**base_config(lm, analysis), **settings, **control.config_extra}
+    return run_over_samples(
+        lm,
+        samples,
+        control.path(analysis, run_file),
+        config,
+        write_one,
+        control.resume,
+        control.overwrite,
+        control.report,
+        control.progress,
+    )
 
 
 def run_over_samples(
