@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,10 +98,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Multiple-choice accuracy per task from the option-letter probabilities at `last`."""
     from flowlens.analyses.evaluate import evaluate
-    from flowlens.data import load as load_dataset
 
-    samples = load_dataset(args.dataset, split=args.split, seed=args.seed, limit=args.limit, progress=True)
+    samples = _load_samples(args)
     lm = _load(args)
+    template = _use_dataset_template(lm, samples, args)
     result = evaluate(
         lm,
         samples,
@@ -109,13 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shuffle_frames=args.shuffle_frames,
         shuffle_seed=args.shuffle_seed,
     )
-    report = {
-        "model": args.model,
-        "dataset": str(args.dataset),
-        "split": args.split,
-        "seed": args.seed,
-        **result.to_dict(),
-    }
+    report = {"model": args.model, **_dataset_config(args, template), **result.to_dict()}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         result.samples.to_csv(args.out, index=False)
@@ -132,29 +127,130 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  failed {where}: {failure['reason']}")
     if len(result.failures) > 5:
         print(f"  ... and {len(result.failures) - 5} more failures (see --json)")
+    _print_failure_kinds(f["reason"] for f in result.failures)
     return 0
 
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--dataset", required=True, help="synthetic, or a .jsonl file (id, video, question, options, answer)"
+        "--dataset",
+        required=True,
+        help="synthetic, a benchmark (tvbench, mvbench, tempcompass, nextqa, videomme, tomato), "
+        "hf:<repo>[:<config>], or a .jsonl/.csv/.json file (see docs/datasets.md)",
     )
-    parser.add_argument("--split", default=None, help="split of a generated dataset: train | val | test")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="the benchmark's root folder as published (annotations and unpacked videos); "
+        "for files and hf: datasets, the folder relative video paths start from",
+    )
+    parser.add_argument(
+        "--task", action="append", default=None, help="keep only this task (repeatable; default: all)"
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="split: train | val | test (synthetic, nextqa), any split of an hf: dataset; slices such as "
+        "test[:50] work",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="use the first N samples")
     parser.add_argument(
         "--seed", type=int, default=None, help="generate a fresh synthetic set from this seed"
     )
-    parser.add_argument("--limit", type=int, default=None, help="use the first N samples")
+    parser.add_argument(
+        "--columns",
+        default=None,
+        help="column mapping of a .csv/.jsonl/.json or hf: dataset, e.g. video=clip,question=q,"
+        "options=a0+a1+a2,answer=label",
+    )
+    parser.add_argument(
+        "--template",
+        default=None,
+        help="prompt preset: mvbench, videomme, tempcompass, open-ended (default: the dataset's own)",
+    )
+    parser.add_argument(
+        "--video-backend",
+        default=None,
+        choices=["pyav", "decord", "torchcodec"],
+        help="video decoder (default pyav; decord and torchcodec when installed)",
+    )
+
+
+def _load_samples(args: argparse.Namespace) -> Any:
+    """The samples `--dataset` and friends select; notes (skipped tasks) go to stderr."""
+    from flowlens.data import load as load_dataset
+    from flowlens.data import templates
+    from flowlens.data.decoders import check_backend
+
+    if args.video_backend:
+        check_backend(args.video_backend)
+    if args.template:
+        templates.get(args.template)  # an unknown preset fails before the model loads
+    data_log = logging.getLogger("flowlens.data")
+    if not data_log.handlers:  # notes are printed below, once
+        data_log.addHandler(logging.NullHandler())
+    samples = load_dataset(
+        args.dataset,
+        split=args.split,
+        seed=args.seed,
+        limit=args.limit,
+        progress=True,
+        data_dir=args.data_dir,
+        task=args.task,
+        columns=args.columns,
+    )
+    for note in samples.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for sample in samples:
+        if args.template:
+            sample.metadata["template"] = args.template
+        if args.video_backend:
+            sample.metadata["video_backend"] = args.video_backend
+    return samples
+
+
+def _use_dataset_template(lm: Any, samples: Any, args: argparse.Namespace) -> str | None:
+    """Make the dataset's prompt preset (or `--template`) the model's template; return its name."""
+    from flowlens.data import templates
+
+    names = {s.metadata.get("template") for s in samples}
+    name = args.template or (names.pop() if len(names) == 1 else None)
+    if name:
+        lm.template = templates.get(name)
+    return name
+
+
+def _dataset_config(args: argparse.Namespace, template: str | None) -> dict[str, Any]:
+    """What a run records about its dataset."""
+    return {
+        "dataset": str(args.dataset),
+        "data_dir": args.data_dir,
+        "task": args.task,
+        "split": args.split,
+        "seed": args.seed,
+        "limit": args.limit,
+        "prompt_preset": template,
+    }
+
+
+def _print_failure_kinds(reasons: Any) -> None:
+    """The end-of-run line counting failures by kind (nothing when none failed)."""
+    from flowlens.data.failures import summary_line
+
+    line = summary_line(reasons)
+    if line:
+        print(f"  {line}")
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     """Trace a dataset into DIR/trace.h5 and DIR/report.html; the exit code is the number of failed samples."""
     from flowlens.analyses.trace import TraceOptions
     from flowlens.analyses.trace_run import trace
-    from flowlens.data import load as load_dataset
     from flowlens.engine.sizing import estimate_trace_size, human_bytes
 
-    samples = load_dataset(args.dataset, split=args.split, seed=args.seed, limit=args.limit, progress=True)
+    samples = _load_samples(args)
     lm = _load(args)
+    template = _use_dataset_template(lm, samples, args)
     options = TraceOptions(frames=args.frames, video_layers=args.video_layers or [])
     if samples:
         try:
@@ -167,7 +263,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
             )
         except FlowlensError:
             pass  # the sample fails again inside the run, where its reason is recorded
-    extra = {"dataset": str(args.dataset), "split": args.split, "seed": args.seed, "limit": args.limit}
+    extra = _dataset_config(args, template)
     run = trace(
         lm, samples, args.out, options, resume=args.resume, overwrite=args.overwrite, config_extra=extra
     )
@@ -177,6 +273,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     print(f"traced {len(run.samples)} samples into {run.path}; accuracy {accuracy:.3f}; {failed} failed")
     for sample_id, reason in list(run.failures.items())[:5]:
         print(f"  failed {sample_id}: {reason}")
+    _print_failure_kinds(run.failures.values())
     return min(failed, 125)
 
 
@@ -184,17 +281,16 @@ def cmd_knockout(args: argparse.Namespace) -> int:
     """Attention-knockout sweep into DIR/knockout.h5 and DIR/report.html; exit code = number of failed samples."""
     from flowlens.analyses.knockout import SweepOptions
     from flowlens.analyses.knockout_run import knockout
-    from flowlens.data import load as load_dataset
     from flowlens.engine.spec import load_block_set
     from flowlens.store.knockout_summary import summarize_knockout
 
     block_set = load_block_set(args.preset)
-    samples = load_dataset(args.dataset, split=args.split, seed=args.seed, limit=args.limit, progress=True)
+    samples = _load_samples(args)
     lm = _load(args)
     options = SweepOptions(
         window=args.window, style=args.style, frames=args.frames, batch_size=args.batch_size
     )
-    extra = {"dataset": str(args.dataset), "split": args.split, "seed": args.seed, "limit": args.limit}
+    extra = _dataset_config(args, _use_dataset_template(lm, samples, args))
     run = knockout(
         lm,
         samples,
@@ -216,6 +312,7 @@ def cmd_knockout(args: argparse.Namespace) -> int:
             print(f"  {curve:<28} strongest drop {worst.mean_rel_pred:7.1f}% at layer {int(worst.layer)}")
     for sample_id, reason in list(run.failures.items())[:5]:
         print(f"  failed {sample_id}: {reason}")
+    _print_failure_kinds(run.failures.values())
     return min(len(run.failures), 125)
 
 
@@ -223,15 +320,14 @@ def cmd_pathways(args: argparse.Namespace) -> int:
     """Effective pathways (a rule table, or --auto from a sweep) against the full model and a random control."""
     from flowlens.analyses.knockout import SweepOptions
     from flowlens.analyses.pathways import PathwayOptions, auto_pathways, pathways
-    from flowlens.data import load as load_dataset
     from flowlens.engine.pathways import RuleTable
 
     if bool(args.rules) == bool(args.auto):
         raise FlowlensError("give exactly one of --rules FILE.yaml or --auto")
-    samples = load_dataset(args.dataset, split=args.split, seed=args.seed, limit=args.limit, progress=True)
+    samples = _load_samples(args)
     lm = _load(args)
     options = PathwayOptions(frames=args.frames, seed=args.random_seed)
-    extra = {"dataset": str(args.dataset), "split": args.split, "seed": args.seed, "limit": args.limit}
+    extra = _dataset_config(args, _use_dataset_template(lm, samples, args))
     common = {"resume": args.resume, "overwrite": args.overwrite, "config_extra": extra}
     if args.auto:
         sweep = SweepOptions(window=args.window, frames=args.frames)
@@ -246,6 +342,9 @@ def cmd_pathways(args: argparse.Namespace) -> int:
         )
         for condition, row in summary.iterrows():
             print(f"  {condition:<16} accuracy {row.accuracy:6.3f}   edges kept {100 * row.kept:5.1f}%")
+    for sample_id, reason in list(run.failures.items())[:5]:
+        print(f"  failed {sample_id}: {reason}")
+    _print_failure_kinds(run.failures.values())
     return min(len(run.failures), 125)
 
 
@@ -278,12 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="multiple-choice accuracy per task (optionally blind or with shuffled frames)"
     )
     _add_model_options(ev)
-    ev.add_argument("--dataset", required=True, help="synthetic, or a .jsonl file (see docs/toy.md)")
-    ev.add_argument(
-        "--split", default=None, help="split of a generated dataset: train | val | test (default test)"
-    )
-    ev.add_argument("--seed", type=int, default=None, help="generate a fresh synthetic set from this seed")
-    ev.add_argument("--limit", type=int, default=None, help="use the first N samples")
+    _add_dataset_options(ev)
     ev.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
     ev.add_argument(
         "--blind", action="store_true", help="replace the video by blank frames (the no-video floor)"

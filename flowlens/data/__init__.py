@@ -1,8 +1,8 @@
-"""Samples, video decoding and datasets."""
+"""Samples, video decoding, benchmark loaders and datasets."""
 
-from flowlens.data.datasets import load
+from flowlens.data.datasets import DATASETS, load
 from flowlens.data.jsonl import LoadFailure, SampleList, read_jsonl
 from flowlens.data.sample import Sample
-from flowlens.data.video import read_frames
+from flowlens.data.video import Frames, read_frames
 
-__all__ = ["LoadFailure", "Sample", "SampleList", "load", "read_frames", "read_jsonl"]
+__all__ = ["DATASETS", "Frames", "LoadFailure", "Sample", "SampleList", "load", "read_frames", "read_jsonl"]

@@ -1,13 +1,16 @@
-"""`flowlens.data.load`: a dataset name or a JSONL path -> samples (with the entries that failed)."""
+"""`flowlens.data.load`: a dataset name, `hf:` id or file -> samples (with the entries that failed, and notes)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from flowlens.data.benchmarks import BENCHMARKS
+from flowlens.data.benchmarks.common import norm, parse_split
 from flowlens.data.jsonl import SampleList, read_jsonl
 from flowlens.errors import FlowlensError
 
-DATASETS = ("synthetic",)
+DATASETS = ("synthetic", *BENCHMARKS)
 
 
 def load(
@@ -16,23 +19,85 @@ def load(
     seed: int | None = None,
     limit: int | None = None,
     progress: bool = False,
+    data_dir: str | Path | None = None,
+    task: str | Sequence[str] | None = None,
+    columns: str | Mapping[str, str] | None = None,
 ) -> SampleList:
-    """Samples of `synthetic` (a shipped split, or any `seed`; generated once into the cache) or a JSONL file.
+    """Samples of `synthetic`, a benchmark (`tvbench`, `mvbench`, ...), `hf:<repo>[:<config>]`, or a file.
 
-    `limit` keeps the first samples. For `synthetic` it also sets how many are generated (sample i
-    of a seed never depends on the set size). Unusable lines are in the result's `.failures`.
+    Benchmarks read their published files under `data_dir` (their root folder); `task` keeps only
+    the named tasks; `split` picks a split and may slice it (`test[:50]`); `limit` keeps the first
+    samples. A `.jsonl` file is flowlens' own format unless `columns` maps its fields (as for `.csv`
+    and `.json`). Unusable records are in the result's `.failures`, skipped tasks in `.notes`.
+    For `synthetic`, `seed` generates a fresh set and `limit` also sets how many are generated.
     """
     if limit is not None and limit < 1:
         raise FlowlensError(f"--limit must be positive, got {limit}")
-    if str(name_or_path) == "synthetic":
+    tasks = [task] if isinstance(task, str) else list(task or [])
+    name = str(name_or_path)
+    if seed is not None and name != "synthetic":
+        raise FlowlensError("--seed applies to the generated synthetic dataset only")
+    if name == "synthetic":
+        _refuse(data_dir=data_dir, columns=columns, dataset=name)
         from flowlens.data.synthetic import cached
 
-        return read_jsonl(cached(split=split, seed=seed, n=limit, progress=progress), limit=limit)
-    path = Path(name_or_path).expanduser()
-    if path.is_dir() or path.suffix != ".jsonl":
-        raise FlowlensError(f"unknown dataset {str(name_or_path)!r}; use one of {', '.join(DATASETS)} or a .jsonl file")
-    if split is not None or seed is not None:
-        raise FlowlensError("--split and --seed apply to generated datasets (synthetic), not to a JSONL file")
+        split_name, part = parse_split(split)
+        path = cached(split=split_name, seed=seed, n=limit, progress=progress)
+        samples = read_jsonl(path, limit=limit if part == slice(None) else None)
+        return _keep_tasks(SampleList(list(samples)[part][:limit], samples.failures), tasks)
+    if name.lower() in BENCHMARKS:
+        _refuse(columns=columns, dataset=name)
+        return BENCHMARKS[name.lower()](data_dir, tasks, split, limit)
+    if name.startswith("hf:"):
+        from flowlens.data.benchmarks.hf import load_hf
+
+        return load_hf(name, data_dir, tasks, split, limit, columns)
+    return _load_file(Path(name).expanduser(), split, limit, data_dir, tasks, columns)
+
+
+def _load_file(
+    path: Path,
+    split: str | None,
+    limit: int | None,
+    data_dir: str | Path | None,
+    tasks: list[str],
+    columns: str | Mapping[str, str] | None,
+) -> SampleList:
+    """A flowlens JSONL file, or any CSV / JSONL / JSON file through the column mapping."""
+    if path.is_dir() or path.suffix not in (".jsonl", ".csv", ".json"):
+        raise FlowlensError(
+            f"unknown dataset {str(path)!r}; use one of {', '.join(DATASETS)}, hf:<repo>, or a .jsonl/.csv/.json file"
+        )
     if not path.exists():
         raise FlowlensError(f"dataset file not found: {path}")
-    return read_jsonl(path, limit=limit)
+    if path.suffix != ".jsonl" or columns is not None:
+        from flowlens.data.benchmarks.table import load_table
+
+        return load_table(path, columns, data_dir, tasks, split, limit)
+    name, part = parse_split(split)
+    if name is not None:
+        raise FlowlensError(
+            f"{path.name} is one file with no splits; slice it with --split '[:50]' or --limit"
+        )
+    samples = read_jsonl(path, limit=None if part != slice(None) else limit, root=data_dir)
+    kept = SampleList(list(samples)[part][:limit], samples.failures)
+    return _keep_tasks(kept, tasks)
+
+
+def _keep_tasks(samples: SampleList, tasks: list[str]) -> SampleList:
+    """Only the samples whose `metadata["task"]` is one of `tasks` (all when empty)."""
+    if not tasks:
+        return samples
+    keep = {norm(t) for t in tasks}
+    kept = [s for s in samples if norm(s.metadata.get("task", "")) in keep]
+    if not kept and samples:
+        present = sorted({str(s.metadata.get("task")) for s in samples})
+        raise FlowlensError(f"no sample has task {', '.join(tasks)}; tasks here: {', '.join(present)}")
+    return SampleList(kept, samples.failures, samples.notes)
+
+
+def _refuse(dataset: str, **options: object) -> None:
+    """A one-line error for options that mean nothing for this dataset."""
+    given = [k.replace("_", "-") for k, v in options.items() if v is not None]
+    if given:
+        raise FlowlensError(f"--{given[0]} does not apply to {dataset}")

@@ -33,11 +33,17 @@ class LoadFailure:
 
 
 class SampleList(list):
-    """A list of `Sample`s that also carries the entries that failed to load."""
+    """A list of `Sample`s that also carries the entries that failed to load and notes (e.g. skipped tasks)."""
 
-    def __init__(self, samples: list[Sample] | None = None, failures: list[LoadFailure] | None = None):
+    def __init__(
+        self,
+        samples: list[Sample] | None = None,
+        failures: list[LoadFailure] | None = None,
+        notes: list[str] | None = None,
+    ):
         super().__init__(samples or [])
         self.failures: list[LoadFailure] = list(failures or [])
+        self.notes: list[str] = list(notes or [])
 
 
 def parse_record(record: Any, root: Path) -> Sample:
@@ -68,9 +74,13 @@ def parse_record(record: Any, root: Path) -> Sample:
     return sample
 
 
-def read_jsonl(path: str | Path, limit: int | None = None) -> SampleList:
-    """Load a JSONL dataset; bad lines are recorded in `.failures`, not raised. `limit` caps the samples."""
+def read_jsonl(path: str | Path, limit: int | None = None, root: str | Path | None = None) -> SampleList:
+    """Load a JSONL dataset; bad lines are recorded in `.failures`, not raised. `limit` caps the samples.
+
+    Relative video paths start from `root` (default: the file's folder).
+    """
     path = Path(path).expanduser()
+    root = Path(root).expanduser() if root is not None else path.parent
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -83,11 +93,13 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> SampleList:
         if not line.strip():
             continue
         try:
-            sample = parse_record(json.loads(line), path.parent)
+            sample = parse_record(json.loads(line), root)
             if sample.id in seen:
                 raise SampleError(f"duplicate id {sample.id!r}")
         except json.JSONDecodeError as exc:
-            out.failures.append(LoadFailure(str(path), number, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+            out.failures.append(
+                LoadFailure(str(path), number, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            )
             continue
         except SampleError as exc:
             out.failures.append(LoadFailure(str(path), number, str(exc)))
@@ -109,7 +121,13 @@ def write_jsonl(samples: list[Sample], path: str | Path) -> Path:
             video = video.resolve().relative_to(path.parent.resolve())
         meta = dict(s.metadata)
         task = meta.pop("task", None)
-        record = {"id": s.id, "video": str(video), "question": s.question, "options": s.options, "answer": s.answer}
+        record = {
+            "id": s.id,
+            "video": str(video),
+            "question": s.question,
+            "options": s.options,
+            "answer": s.answer,
+        }
         if task is not None:
             record["task"] = task
         if meta:

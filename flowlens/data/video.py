@@ -1,19 +1,27 @@
-"""Video decoding with PyAV: uniformly sampled frames and their timestamps."""
+"""`read_frames`: sampled frames of a sample's video and their timestamps, within optional segment bounds.
+
+Frames are picked uniformly (`n` segment middles) or at a fixed rate (`sample_fps`), inside [start, end)
+seconds when the sample or the caller gives bounds. PyAV decodes by default (seeking in long videos);
+decord and torchcodec are optional backends. Anything unusable raises `SampleError` with the reason.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flowlens.data.decoders import DEFAULT_BACKEND, ShortVideo, open_decoder
+from flowlens.data.decoders.arrays import DEFAULT_FPS as DEFAULT_FPS_FOR_ARRAYS
+from flowlens.data.sampling import plan_indices, uniform_indices
 from flowlens.errors import SampleError
 
 if TYPE_CHECKING:
     from flowlens.data.sample import Sample
 
-DEFAULT_FPS_FOR_ARRAYS = 1.0
+__all__ = ["DEFAULT_FPS_FOR_ARRAYS", "Frames", "read_frames", "uniform_indices"]
 
 
 @dataclass
@@ -27,47 +35,46 @@ class Frames:
     total_frames: int
 
 
-def uniform_indices(total: int, n: int) -> np.ndarray:
-    """The middle frame of each of `n` equal segments of a `total`-frame video (PLLaVA / Map the Flow)."""
-    if total < n:
-        raise SampleError(f"video has {total} frames, fewer than the {n} asked for")
-    return ((np.arange(n) + 0.5) * total / n).astype(np.int64)
+def read_frames(
+    video: Sample | str | Path | np.ndarray,
+    n: int | None = None,
+    fps: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    backend: str | None = None,
+    sample_fps: float | None = None,
+) -> Frames:
+    """Frames of a sample's video (or a file, image folder or (T, H, W, 3) array) and their timestamps.
 
-
-def read_frames(video: Sample | str | Path | np.ndarray, n: int, fps: float | None = None) -> Frames:
-    """Return `n` uniformly sampled frames of a sample's video, a video file or a frame array."""
+    `n` frames are the middles of `n` equal parts of [start, end) seconds; with `sample_fps`, one
+    frame every 1 / `sample_fps` seconds (at most `n`). `fps` is the frame rate of an array or image
+    folder (files carry their own). A sample's metadata may give `start`, `end`, `fps`, `sample_fps`
+    and `video_backend`; arguments win over metadata.
+    """
+    meta: dict[str, Any] = dict(getattr(video, "metadata", None) or {})
     source = video.video if hasattr(video, "video") else video
-    if isinstance(source, np.ndarray):
-        return _sample_array(source, n, fps or DEFAULT_FPS_FOR_ARRAYS)
-    return _decode_file(Path(source), n)
-
-
-def _sample_array(array: np.ndarray, n: int, fps: float) -> Frames:
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise SampleError(f"frame array must have shape (T, H, W, 3), got {tuple(array.shape)}")
-    indices = uniform_indices(array.shape[0], n)
-    frames = np.ascontiguousarray(array[indices]).astype(np.uint8, copy=False)
-    return Frames(frames, indices, indices / fps, fps, array.shape[0])
-
-
-def _decode_file(path: Path, n: int) -> Frames:
-    import av
-
-    if not path.exists():
-        raise SampleError(f"video not found: {path}")
+    rate = sample_fps if sample_fps is not None else _number(meta.get("sample_fps"))
+    start = start if start is not None else _number(meta.get("start"))
+    end = end if end is not None else _number(meta.get("end"))
+    backend = backend or meta.get("video_backend") or DEFAULT_BACKEND
+    decoder = open_decoder(source, backend, fps or _number(meta.get("fps")))
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise SampleError(f"no video stream in {path}")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or DEFAULT_FPS_FOR_ARRAYS)
-            decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    except SampleError:
-        raise
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise SampleError(f"cannot decode video {path}: {exc}") from exc
-    if not decoded:
-        raise SampleError(f"video has no frames: {path}")
-    indices = uniform_indices(len(decoded), n)
-    frames = np.stack([decoded[i] for i in indices])
-    return Frames(frames, indices, indices / fps, fps, len(decoded))
+        indices = plan_indices(decoder.total, decoder.fps, n, rate, start, end)
+        try:
+            frames, timestamps = decoder.read(indices)
+        except ShortVideo:  # the container promised more frames than the file holds
+            indices = plan_indices(decoder.count(), decoder.fps, n, rate, start, end)
+            frames, timestamps = decoder.read(indices)
+    finally:
+        decoder.close()
+    return Frames(frames, indices, timestamps, decoder.fps, decoder.total)
+
+
+def _number(value: Any) -> float | None:
+    """A metadata value as a float (None when absent or empty)."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise SampleError(f"malformed annotation: {value!r} is not a number (segment bound or rate)") from exc

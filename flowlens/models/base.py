@@ -177,8 +177,12 @@ class VideoLM:
 
     # -- inputs -----------------------------------------------------------------
     def prepare(self, sample: Sample, frames: int = 8, template: PromptTemplate | None = None) -> Prepared:
-        """Model inputs for `sample` with `frames` sampled frames, and their exact `TokenLayout`."""
-        template = template or self.template
+        """Model inputs for `sample` with `frames` sampled frames, and their exact `TokenLayout`.
+
+        The prompt is `template`, else the preset named by the sample's `metadata["template"]` (set by
+        benchmark loaders), else this model's `template`.
+        """
+        template = template or self.template_for(sample)
         sample.validate(require_options=False)
         sampled = self.adapter.sample_frames(sample, frames)
         user = build_user_text(sample, template)
@@ -192,6 +196,15 @@ class VideoLM:
         )
         layout = LayoutBuilder(self, sample, text, len(before), user.spans, inputs, sampled).build()
         return Prepared(inputs.to(self.device), layout)
+
+    def template_for(self, sample: Sample) -> PromptTemplate:
+        """The preset named in the sample's metadata (a benchmark's prompt), else this model's template."""
+        name = (sample.metadata or {}).get("template")
+        if not name:
+            return self.template
+        from flowlens.data import templates
+
+        return templates.get(name)
 
     def _render_around_user(self, system: str | None) -> tuple[str, str]:
         """Chat-template text before and after the user message, found with a marker."""

@@ -1,0 +1,182 @@
+"""What every benchmark loader shares: task files, `--task` selection, split slices and the entry collector.
+
+A loader turns each annotation record into a `Sample` or a `LoadFailure` (in file order), and notes
+what it skipped (a task whose file is absent); `Collected.finish` applies a split slice and `--limit`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flowlens.data.jsonl import LoadFailure, SampleList
+from flowlens.data.sample import OPTION_LETTERS, Sample
+from flowlens.errors import FlowlensError, SampleError
+
+log = logging.getLogger("flowlens.data")
+
+_SPLIT = re.compile(r"^\s*(?P<name>[\w.-]*)\s*(?:\[\s*(?P<lo>-?\d*)\s*:\s*(?P<hi>-?\d*)\s*\])?\s*$")
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    """One task of a benchmark published as one annotation file per task (MVBench's `data_list` entry).
+
+    `name` is what `--task` takes and `metadata["task"]` holds (the file's stem); `label` is the
+    benchmark's own name; `prefix` is the task's video folder under the video root; `data_type` is
+    `video` or `frame` (a folder of frame images); `bound` says records carry `start`/`end` seconds.
+    """
+
+    label: str
+    annotation: str
+    prefix: str
+    data_type: str = "video"
+    bound: bool = False
+
+    @property
+    def name(self) -> str:
+        return Path(self.annotation).stem
+
+
+def norm(name: str) -> str:
+    """A task name as compared: lower case, runs of spaces and hyphens as one underscore."""
+    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+
+
+def select(available: Sequence[str], wanted: Iterable[str] | None, benchmark: str) -> list[str]:
+    """The `available` names that `wanted` asks for (all when it is empty), in benchmark order."""
+    wanted = [w for w in (wanted or []) if str(w).strip()]
+    if not wanted:
+        return list(available)
+    known = {norm(a): a for a in available}
+    unknown = [w for w in wanted if norm(w) not in known]
+    if unknown:
+        raise FlowlensError(
+            f"{benchmark} has no task {', '.join(map(repr, unknown))}; its tasks: {', '.join(available)}"
+        )
+    keep = {norm(w) for w in wanted}
+    return [a for a in available if norm(a) in keep]
+
+
+def parse_split(split: str | None) -> tuple[str | None, slice]:
+    """`test[:50]` -> ("test", slice(None, 50)); `val` -> ("val", slice(None)); `[10:20]` has no name."""
+    if split is None:
+        return None, slice(None)
+    match = _SPLIT.match(str(split))
+    if not match:
+        raise FlowlensError(f"cannot read split {split!r}; write e.g. test, test[:50] or val[10:20]")
+    lo, hi = match["lo"], match["hi"]
+    return match["name"] or None, slice(int(lo) if lo else None, int(hi) if hi else None)
+
+
+def require_root(data_dir: str | Path | None, benchmark: str) -> Path:
+    """The benchmark's root folder, or a one-line error saying what `--data-dir` must be."""
+    if data_dir is None:
+        raise FlowlensError(f"{benchmark} needs --data-dir: the benchmark's root folder as published")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise FlowlensError(f"{benchmark}: --data-dir {root} is not a folder")
+    return root
+
+
+def require_no_split(split: str | None, benchmark: str, allowed: Sequence[str] = ("test",)) -> slice:
+    """The slice of a benchmark with a single split (`test`); another split name is an error."""
+    name, part = parse_split(split)
+    if name is not None and name not in allowed:
+        raise FlowlensError(f"{benchmark} has no split {name!r} (it has {', '.join(allowed)})")
+    return part
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or `SampleError` saying why it is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SampleError(f"malformed annotation file: invalid JSON: {exc.msg} (line {exc.lineno})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SampleError(f"malformed annotation file: cannot read it: {exc}") from exc
+
+
+def require_fields(record: Any, fields: Sequence[str]) -> dict[str, Any]:
+    """`record` as a dict with every field in `fields`, or `SampleError` naming what is missing."""
+    if not isinstance(record, dict):
+        raise SampleError(f"malformed annotation: expected a JSON object, got {type(record).__name__}")
+    missing = [f for f in fields if record.get(f) is None]
+    if missing:
+        raise SampleError(f"missing field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    return record
+
+
+def index_letter(index: Any, n_options: int) -> str:
+    """The letter of a 0-based option index (NExT-QA, TOMATO), or `SampleError` when it is out of range."""
+    try:
+        i = int(index)
+    except (TypeError, ValueError) as exc:
+        raise SampleError(f"malformed annotation: answer index {index!r} must be an integer") from exc
+    if not 0 <= i < n_options:
+        raise SampleError(f"malformed annotation: answer index {i} is not one of the {n_options} options")
+    return OPTION_LETTERS[i]
+
+
+def seconds(record: dict[str, Any], key: str) -> float:
+    """A number in a record (segment bounds in seconds, a frame rate)."""
+    try:
+        return float(record[key])
+    except (TypeError, ValueError) as exc:
+        raise SampleError(f"malformed annotation: `{key}` must be a number, got {record[key]!r}") from exc
+
+
+@dataclass
+class Collected:
+    """Samples and load failures in record order, plus notes; `finish` makes the `SampleList`."""
+
+    benchmark: str
+    entries: list[Sample | LoadFailure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    _ids: set[str] = field(default_factory=set)
+
+    def add(self, sample: Sample, source: str | Path, line: int) -> None:
+        """Keep `sample` after validating it; a duplicate id or invalid sample becomes a failure."""
+        try:
+            if sample.id in self._ids:
+                raise SampleError(f"malformed annotation: duplicate id {sample.id!r}")
+            sample.validate(require_options=bool(sample.options))
+        except SampleError as exc:
+            self.fail(source, line, str(exc))
+            return
+        self._ids.add(sample.id)
+        self.entries.append(sample)
+
+    def fail(self, source: str | Path, line: int, reason: str) -> None:
+        self.entries.append(LoadFailure(str(source), line, reason))
+
+    def note(self, message: str) -> None:
+        """Record (and log as a warning) something skipped, such as a task whose annotation file is absent."""
+        log.warning(message)
+        self.notes.append(message)
+
+    def note_absent(self, tasks: Sequence[str], folder: Path) -> None:
+        """One note naming the tasks skipped because their annotation files are not in `folder`."""
+        if tasks:
+            plural = "s" if len(tasks) > 1 else ""
+            self.note(
+                f"{self.benchmark}: skipped {len(tasks)} task{plural} whose file is not in {folder}: "
+                + ", ".join(tasks)
+            )
+
+    def finish(self, part: slice = slice(None), limit: int | None = None) -> SampleList:
+        """Entries in `part` (records, good or bad, as a split slice counts rows), up to `limit` samples."""
+        out = SampleList(notes=self.notes)
+        for entry in self.entries[part]:
+            if limit is not None and len(out) >= limit:
+                break
+            if isinstance(entry, LoadFailure):
+                out.failures.append(entry)
+            else:
+                out.append(entry)
+        return out
