@@ -26,7 +26,6 @@ class TraceOptions:
 
     frames: int = 8
     video_layers: list[int] = field(default_factory=list)
-    chunk_bytes: int = CaptureOptions.chunk_bytes
 
 
 def answer_readout(logits: torch.Tensor, layout: TokenLayout) -> AnswerReadout:
@@ -52,7 +51,7 @@ def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = Non
     sample.validate(require_options=True)
     inputs, layout = lm.prepare(sample, frames=options.frames)
     check_context(lm, layout)
-    capture = FlowCapture(layout, lm.device, CaptureOptions(chunk_bytes=options.chunk_bytes))
+    capture = FlowCapture(layout, lm.device, CaptureOptions())
     residuals = ResidualCapture(layout, lm.device, options.video_layers)
     with (
         language_attention(lm.model, lm.adapter.text_config),

@@ -1,8 +1,9 @@
-"""Capture handler: exact attention, chunked over queries, reduced on the device as it is computed.
+"""Capture handler: exact attention reduced on the device as it is computed, never materialised.
 
 Per layer and head it keeps the segment x segment and frame x frame flow (mean over a target group's
 queries of the attention mass on each source group), the `last` row over video tokens, and the
-question rows over video tokens (head mean). Only one chunk of probabilities is alive at a time.
+question rows over video tokens (head mean). The flows come out of the fused attention kernel itself
+(one-hot segment indicators appended to the values); only the few kept rows are computed explicitly.
 """
 
 from __future__ import annotations
@@ -11,46 +12,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from flowlens.models.layout import TokenLayout
 
-DEFAULT_CHUNK_BYTES = 64 * 2**20
-
 
 @dataclass
 class CaptureOptions:
-    """Which reductions to compute, and the probability-chunk budget in bytes."""
+    """Which reductions to compute."""
 
     flows: bool = True
     last_to_video: bool = True
     question_to_video: bool = True
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-
-
-def _causal_structure(mask: torch.Tensor) -> tuple[bool, bool]:
-    """(no query attends a later key, the mask is exactly the causal triangle) for a (B, 1, T, T) mask.
-
-    The first lets a query chunk stop at its last key; the second lets it mask only its diagonal block.
-    """
-    if mask.dtype != torch.bool or mask.shape[0] != 1:
-        return False, False
-    square = mask[0, 0]
-    causal = not torch.triu(square, diagonal=1).any().item()
-    pure = causal and bool(torch.tril(square).sum().item() == square.shape[0] * (square.shape[0] + 1) // 2)
-    return causal, pure
-
-
-def key_runs(labels: list[int]) -> tuple[list[tuple[int, int]], list[int]]:
-    """Maximal runs [a, b) of equal labels in sequence order, and the label of each run."""
-    runs, run_labels = [], []
-    start = 0
-    for i in range(1, len(labels) + 1):
-        if i == len(labels) or labels[i] != labels[start]:
-            runs.append((start, i))
-            run_labels.append(labels[start])
-            start = i
-    return runs, run_labels
 
 
 def group_matrix(layout: TokenLayout, names: list[str], device: torch.device) -> torch.Tensor:
@@ -70,12 +44,9 @@ class FlowCapture:
         self.onehot = group_matrix(layout, list(layout.partition), device)  # (T, S); frames are segments too
         self.frame_index = [layout.partition.index(name) for name in layout.frame_groups]
         self.counts = self.onehot.sum(0).clamp_min(1.0)
-        self.runs, run_segment = key_runs(self.onehot.argmax(1).tolist())
-        self.run_to_segment = torch.zeros(len(self.runs), self.onehot.shape[1], device=device)
-        self.run_to_segment[torch.arange(len(self.runs)), torch.as_tensor(run_segment)] = 1.0
         self.video = torch.as_tensor(layout["video"], device=device)
-        self.question = torch.as_tensor(layout["question"], device=device)
         self.last = int(layout["last"][0])
+        self.rows = torch.cat([torch.as_tensor(layout["question"]), torch.tensor([self.last])]).to(device)
         n_layers = layout.n_layers
         self.flow_sums: list[torch.Tensor | None] = [None] * n_layers
         self.last_rows: list[torch.Tensor | None] = [None] * n_layers
@@ -93,59 +64,86 @@ class FlowCapture:
         scaling: float,
     ) -> torch.Tensor | None:
         batch, heads, q_len, head_dim = query.shape
-        k_len = key.shape[2]
-        if batch != 1 or q_len != self.layout.seq_len or k_len != q_len:
+        if batch != 1 or q_len != self.layout.seq_len or key.shape[2] != q_len:
             return None  # not the prefill of the traced sample (e.g. a decode step): plain SDPA
         layer = int(module.layer_idx)
-        kv_heads = key.shape[1]
-        group = heads // kv_heads
-        q = query.reshape(batch, kv_heads, group, q_len, head_dim)
-        k = key.unsqueeze(2)
-        v = value.unsqueeze(2)
-        causal, pure_causal = (True, True) if mask is None else _causal_structure(mask)
-        chunk = max(1, self.options.chunk_bytes // (4 * heads * k_len * 3))
-        out = torch.empty(batch, kv_heads, group, q_len, head_dim, dtype=query.dtype, device=query.device)
-        flow = torch.zeros(heads, self.onehot.shape[1], self.onehot.shape[1], device=query.device)
-        q = q * scaling  # scale the (small) queries instead of every score
-        for start in range(0, q_len, chunk):
-            stop = min(q_len, start + chunk)
-            keys = stop if causal else k_len  # causal: queries before `stop` never see later keys
-            scores = torch.matmul(q[..., start:stop, :], k[..., :keys, :].transpose(-1, -2)).float()
-            if pure_causal:  # only the diagonal block holds masked entries
-                diagonal = torch.ones(
-                    stop - start, stop - start, dtype=torch.bool, device=query.device
-                ).triu_(1)
-                scores[..., start:].masked_fill_(diagonal, float("-inf"))
-            elif mask.dtype == torch.bool:
-                scores.masked_fill_(~mask[..., start:stop, :keys].unsqueeze(2), float("-inf"))
-            else:
-                scores.add_(mask[..., start:stop, :keys].unsqueeze(2).float())
-            probs = torch.softmax(scores, dim=-1)
-            del scores
-            out[..., start:stop, :] = torch.matmul(probs.to(v.dtype), v[..., :keys, :])
-            self._reduce(layer, probs.reshape(heads, stop - start, keys), start, stop, flow)
+        gqa = key.shape[1] != heads
         if self.options.flows:
-            self.flow_sums[layer] = flow
-        return out.reshape(batch, heads, q_len, head_dim).transpose(1, 2).contiguous()
+            out, mass = self._output_and_mass(query, key, value, mask, scaling, gqa)
+            self.flow_sums[layer] = torch.einsum("ts,hta->hsa", self.onehot, mass[0])
+        else:
+            out = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=gqa
+            )
+        if self.options.last_to_video or self.options.question_to_video:
+            self._record_rows(layer, query, key, mask, scaling)
+        return out.transpose(1, 2).contiguous()
 
-    def _reduce(self, layer: int, probs: torch.Tensor, start: int, stop: int, flow: torch.Tensor) -> None:
-        """Fold one chunk of probabilities (H, C, Tk) into the layer's reductions."""
-        if self.options.flows:
-            keys = probs.shape[-1]
-            # Mass of each query on each contiguous run of keys (slices are far cheaper than a one-hot matmul),
-            # then on each segment, then summed over each target segment's queries.
-            sums = [probs[..., a : min(b, keys)].sum(-1) for a, b in self.runs if a < keys]
-            run_mass = torch.stack(sums, dim=-1)
-            mass = torch.matmul(run_mass, self.run_to_segment[: run_mass.shape[-1]])
-            flow += torch.matmul(self.onehot[start:stop].T, mass)
-        if self.options.last_to_video and start <= self.last < stop:
-            self.last_rows[layer] = probs[:, self.last - start, self.video].clone()
+    def _output_and_mass(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        scaling: float,
+        gqa: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention output and each query's mass on each segment, from one fused attention call.
+
+        The segment mass of query q is softmax(q K^T) @ onehot: attention with one-hot "values". Appending
+        the one-hot columns to V (and zero columns to Q and K, which leaves the scores unchanged) gives
+        both in one fused SDPA kernel, so no probability matrix is ever materialised. In fp32 the mass is
+        exact to float rounding; for half-precision models it is computed in a separate fp32 call.
+        """
+        segments = self.onehot.shape[1]
+        kv_heads = key.shape[1]
+        causal = mask is None
+        if value.dtype == torch.float32:
+            onehot = self.onehot.expand(1, kv_heads, -1, -1)
+            fused = F.scaled_dot_product_attention(
+                F.pad(query, (0, segments)),
+                F.pad(key, (0, segments)),
+                torch.cat([value, onehot], dim=-1),
+                attn_mask=mask,
+                is_causal=causal,
+                scale=scaling,
+                enable_gqa=gqa,
+            )
+            return fused[..., : value.shape[-1]], fused[..., value.shape[-1] :]
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=gqa
+        )
+        float_mask = None if mask is None or mask.dtype == torch.bool else mask.float()
+        mass = F.scaled_dot_product_attention(
+            query.float(),
+            key.float(),
+            self.onehot.expand(1, kv_heads, -1, -1),
+            attn_mask=mask if float_mask is None else float_mask,
+            is_causal=causal,
+            scale=scaling,
+            enable_gqa=gqa,
+        )
+        return out, mass
+
+    def _record_rows(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float
+    ) -> None:
+        """Explicit probabilities of the few rows kept whole: `last` and the question tokens, over video keys."""
+        rows = self.rows
+        keys = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)[0].float()  # (H, T, D)
+        scores = torch.matmul(query[0, :, rows].float(), keys.transpose(-1, -2)) * scaling  # (H, R, T)
+        if mask is None:
+            allowed = torch.arange(key.shape[2], device=key.device)[None, :] <= rows[:, None]
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        elif mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask[0, :, rows], float("-inf"))
+        else:
+            scores = scores + mask[0, :, rows].float()
+        probs = torch.softmax(scores, dim=-1)[:, :, self.video]  # (H, R, V)
+        if self.options.last_to_video:
+            self.last_rows[layer] = probs[:, -1].clone()
         if self.options.question_to_video:
-            rows = self.question[(self.question >= start) & (self.question < stop)]
-            if rows.numel():
-                block = probs[:, rows - start][:, :, self.video].mean(0)
-                previous = self.question_rows[layer]
-                self.question_rows[layer] = block if previous is None else torch.cat([previous, block])
+            self.question_rows[layer] = probs[:, :-1].mean(0)
 
     # ------------------------------------------------------------------ results
     def segment_flow(self) -> np.ndarray:

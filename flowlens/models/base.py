@@ -223,7 +223,7 @@ class VideoLM:
     ) -> Any:
         """Trace `samples` (attention flows, residual summaries, answers) into `out/trace.h5`; return the `Run`.
 
-        `options` are `flowlens.analyses.trace.TraceOptions` fields (`frames`, `video_layers`, `chunk_bytes`).
+        `options` are `flowlens.analyses.trace.TraceOptions` fields (`frames`, `video_layers`).
         """
         from flowlens.analyses.trace import TraceOptions
         from flowlens.analyses.trace_run import trace
