@@ -100,3 +100,11 @@ def test_inspect_json_and_table(family, capsys, tmp_path):
     assert main(["inspect", f"tiny:{family}"]) == 0
     table = capsys.readouterr().out
     assert "frame groups:" in table and "trace size per sample" in table
+
+
+def test_toy_without_weights_says_what_to_do():
+    from flowlens.zoo import TOY_DIR
+
+    if (TOY_DIR / "config.json").exists():
+        pytest.skip("toy weights are installed")
+    assert_one_line_error(run_cli("inspect", "toy"), "train_toy")

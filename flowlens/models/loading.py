@@ -78,7 +78,13 @@ def _resolve_source(name: str, layers: int | None) -> str:
     if layers is not None:
         raise FlowlensError("`layers` only applies to tiny:<family> models")
     if name == TOY_NAME:  # the trained toy model shipped in flowlens/zoo/toy
-        return str(Path(__file__).resolve().parents[1] / "zoo" / "toy")
+        toy = Path(__file__).resolve().parents[1] / "zoo" / "toy"
+        if not (toy / "config.json").exists():
+            raise ModelNotFoundError(
+                "the toy model's weights are not in this installation; train them with "
+                "`python -m flowlens.zoo.train_toy` or use tiny:<family>"
+            )
+        return str(toy)
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if name.count("/") != 1 or name.startswith((".", "/", "~")) or Path(name).suffix:
