@@ -356,6 +356,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_options(parser: argparse.ArgumentParser, analysis: str) -> None:
+    """--out/--resume/--overwrite of the commands that write a run file."""
+    parser.add_argument("--out", default=None, help=f"output folder (default: artifacts/{analysis}-<time>)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue a run in --out, skipping finished samples"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flowlens import __version__
 
@@ -396,11 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(tr)
     _add_dataset_options(tr)
     tr.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
-    tr.add_argument("--out", default=None, help="output folder (default: artifacts/trace-<time>)")
-    tr.add_argument(
-        "--resume", action="store_true", help="continue a run in --out, skipping finished samples"
-    )
-    tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    _add_run_options(tr, "trace")
     tr.add_argument(
         "--video-layers",
         type=int,
@@ -424,11 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     ko.add_argument("--style", default="window", choices=["window", "inverse", "top_down", "bottom_up"])
     ko.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
     ko.add_argument("--batch-size", type=int, default=16, help="knockout conditions per forward (default 16)")
-    ko.add_argument("--out", default=None, help="output folder (default: artifacts/knockout-<time>)")
-    ko.add_argument(
-        "--resume", action="store_true", help="continue a run in --out, skipping finished samples"
-    )
-    ko.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    _add_run_options(ko, "knockout")
     ko.set_defaults(func=cmd_knockout)
 
     pw = sub.add_parser("pathways", help="effective pathways: keep attention edges only where they matter")
@@ -448,11 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--window", type=int, default=9, help="--auto: knockout window of the sweep (default 9)")
     pw.add_argument("--random-seed", type=int, default=0, help="seed of the random-blocking control")
     pw.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
-    pw.add_argument("--out", default=None, help="output folder (default: artifacts/pathways-<time>)")
-    pw.add_argument(
-        "--resume", action="store_true", help="continue a run in --out, skipping finished samples"
-    )
-    pw.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    _add_run_options(pw, "pathways")
     pw.set_defaults(func=cmd_pathways)
 
     ex = sub.add_parser("export", help="write a run table as CSV or Parquet")
