@@ -126,6 +126,12 @@ def batch(data: Encoded, index: torch.Tensor, pad_id: int) -> dict[str, torch.Te
             "pixel_values_videos": data.pixels[index], "last": lengths - 1}
 
 
+def frame_ends(input_ids: torch.Tensor, video_token_id: int, frames: int) -> torch.Tensor:
+    """(B, frames) position of each frame's last video token (each row holds `frames` equal groups)."""
+    positions = (input_ids == video_token_id).nonzero()[:, 1]
+    return positions.reshape(len(input_ids), frames, -1)[:, :, -1]
+
+
 def last_logits(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Vocabulary logits at each sample's `last` position, (B, vocab)."""
     out = model.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],

@@ -24,8 +24,8 @@ class ToyArchitecture:
     vision_hidden: int = 64
     vision_layers: int = 2
     vision_heads: int = 2
-    hidden_size: int = 128
-    intermediate_size: int = 384
+    hidden_size: int = 64
+    intermediate_size: int = 256
     layers: int = 4
     heads: int = 4
     # Vision position embeddings start at 15x the default std (0.02), about the scale of a patch's

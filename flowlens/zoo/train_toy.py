@@ -6,7 +6,8 @@ Reproduces `flowlens/zoo/toy/` on CPU (2 threads) from a seed, in two stages:
    with a letter, from text-only questions that name the answer;
 2. video instruction tuning: the synthetic train split, every sample prepared once with
    `VideoLM.prepare` (the exact inputs evaluation uses), cross-entropy on the answer letter at
-   `last`, with the answer's first word as a fading auxiliary target early on.
+   `last`, with the answer's first word as a fading auxiliary target early on (for
+   moving_direction also at the end of every frame).
 
 Saves weights (safetensors), processor, prompt template and a JSON training log (config, per-epoch
 loss, val accuracy per task, wall time) into the output folder.
@@ -31,7 +32,7 @@ from flowlens.models.llava_next_video import LlavaNextVideoAdapter
 from flowlens.models.loading import PROMPT_FILE
 from flowlens.models.prompt import PromptTemplate
 from flowlens.zoo import TOY_DIR
-from flowlens.zoo.encoding import Encoded, batch, encode, last_logits
+from flowlens.zoo.encoding import Encoded, batch, encode, frame_ends, last_logits
 from flowlens.zoo.text_warmup import text_warmup
 from flowlens.zoo.toy_model import TOY_TEMPLATE, ToyArchitecture, initialise, toy_components
 
@@ -49,7 +50,7 @@ class TrainConfig:
     train_size: int = synthetic.SPLIT_SIZES["train"]
     val_size: int = synthetic.SPLIT_SIZES["val"]
     frames: int = 8
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -62,11 +63,17 @@ class TrainConfig:
     concept_weight: float = 1.0
     concept_hold: float = 0.3
     concept_end: float = 0.6
-    # Curriculum: the first `lead_steps` batches come from `lead_tasks` only. moving_direction needs
-    # the vision features to keep where each patch is; learnt first it takes a few hundred steps,
-    # learnt alongside the colour tasks it stays at chance for thousands.
+    # Dense motion target: for these tasks the last token of every frame after the first also predicts
+    # the answer word, with the same fading weight. The video precedes the question, so only a task
+    # with one possible question can be supervised inside the video; for moving_direction this
+    # builds the frame-to-frame motion detector in a couple of hundred steps, without it the task
+    # stays at chance for thousands (the read-out at `last` alone gives too weak a signal).
+    frame_target_tasks: tuple[str, ...] = ("moving_direction",)
+    # Curriculum: the first `lead_steps` batches come from `lead_tasks` only (with the full auxiliary
+    # weight). Mixed with the colour tasks from the start, the motion detector does not form before
+    # the auxiliary weight has faded; alone it forms in about 200 steps.
     lead_tasks: tuple[str, ...] = ("moving_direction",)
-    lead_steps: int = 500
+    lead_steps: int = 300
     # Each epoch shows these tasks' samples this many times.
     task_repeats: dict[str, int] = field(default_factory=dict)
     threads: int = 2
@@ -119,7 +126,7 @@ def _mean(values: list[bool]) -> float:
 
 
 def schedule(cfg: TrainConfig, tasks: list[str], generator: torch.Generator) -> list[list[torch.Tensor]]:
-    """Index batches per phase: the lead phase (only `lead_tasks`), then one list per epoch over all tasks."""
+    """Index batches per phase: the lead phase (`lead_tasks` only), then one list per epoch over all tasks."""
     lead = torch.tensor([i for i, task in enumerate(tasks) if task in cfg.lead_tasks], dtype=torch.long)
     phases: list[list[torch.Tensor]] = []
     if cfg.lead_steps and len(lead):
@@ -133,42 +140,61 @@ def schedule(cfg: TrainConfig, tasks: list[str], generator: torch.Generator) -> 
     return phases
 
 
+def training_loss(cfg: TrainConfig, model: Any, data: Encoded, index: torch.Tensor, pad_id: int,
+                  weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, letter loss) of one batch: the answer letter at `last`, plus `weight` times the
+    answer word at `last` and, for `frame_target_tasks`, at the last token of every frame but the first."""
+    ce = torch.nn.functional.cross_entropy
+    inputs = batch(data, index, pad_id)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        hidden = model.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                             pixel_values_videos=inputs["pixel_values_videos"]).last_hidden_state
+        rows = torch.arange(len(index))
+        logits = model.lm_head(hidden[rows, inputs["last"]]).float()
+        letter = ce(logits, data.targets[index])
+        if weight <= 0:
+            return letter, letter
+        loss = letter + weight * ce(logits, data.concepts[index])
+        framed = torch.tensor([data.tasks[i] in cfg.frame_target_tasks for i in index.tolist()])
+        if framed.any():
+            ends = frame_ends(inputs["input_ids"][framed], model.config.video_token_id, cfg.frames)[:, 1:]
+            frame_logits = model.lm_head(hidden[framed][torch.arange(int(framed.sum()))[:, None], ends]).float()
+            words = data.concepts[index][framed].repeat_interleave(ends.shape[1])
+            loss = loss + weight * ce(frame_logits.flatten(0, 1), words)
+    return loss, letter
+
+
 def train(cfg: TrainConfig, lm: VideoLM, train_set: Encoded, val_set: Encoded, progress: bool = True) -> dict[str, Any]:
-    """Train `lm.model` in place (lead phase, then epochs); return the per-phase log."""
+    """Train `lm.model` in place (lead phase, then `cfg.epochs`); return the per-phase log."""
     from tqdm.auto import tqdm
 
     model, pad_id = lm.model, int(lm.tokenizer.pad_token_id)
-    targets = train_set.targets
     phases = schedule(cfg, train_set.tasks, torch.Generator().manual_seed(cfg.seed))
+    names = (["lead"] if len(phases) > cfg.epochs else []) + [f"epoch {k}" for k in range(1, cfg.epochs + 1)]
+    lead_steps = len(phases[0]) if names[0] == "lead" else 0
     total = sum(map(len, phases))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg.warmup_steps, total))
     log: list[dict[str, Any]] = []
     bar = tqdm(total=total, desc="stage 2: video", unit="step", disable=not progress)
     step = 0
-    for number, batches in enumerate(phases):
+    for name, batches in zip(names, phases, strict=True):
         model.train()
         losses, letter_losses = [], []
         for index in batches:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = last_logits(model, batch(train_set, index, pad_id)).float()
-            loss = torch.nn.functional.cross_entropy(logits, targets[index])
-            letter_losses.append(float(loss.detach()))
-            weight = _concept_weight(cfg, step / total)
-            if weight > 0:
-                loss = loss + weight * torch.nn.functional.cross_entropy(logits, train_set.concepts[index])
+            weight = cfg.concept_weight if step < lead_steps else _concept_weight(cfg, (step - lead_steps) / (total - lead_steps))
+            loss, letter = training_loss(cfg, model, train_set, index, pad_id, weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             lr_schedule.step()
             losses.append(float(loss.detach()))
+            letter_losses.append(float(letter.detach()))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         val = accuracy_by_task(model, val_set, pad_id)
-        lead = number == 0 and len(phases) > cfg.epochs
-        name = "lead" if lead else f"epoch {number + (0 if len(phases) > cfg.epochs else 1)}"
         log.append({"phase": name, "steps": len(batches), "loss": round(float(np.mean(losses)), 4),
                     "letter_loss": round(float(np.mean(letter_losses)), 4), "val_accuracy": val})
         bar.write(f"{name}: loss {log[-1]['loss']:.4f}  val " + "  ".join(f"{k} {v:.3f}" for k, v in val.items()))
