@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-DEMO_MODEL ?= $(shell test -f flowlens/zoo/toy/config.json && echo toy || echo tiny:llava_next_video)
+DEMO_MODEL ?= toy
 
 demo: venv
 	$(BIN)/flowlens trace $(DEMO_MODEL) --dataset synthetic --split test --limit 16 --out $(DEMO_OUT) --overwrite

@@ -37,10 +37,31 @@ def test_frame_transforms_change_only_the_pixels():
 
 def test_failed_samples_are_counted_and_the_run_goes_on(tmp_path):
     samples = flowlens.data.load("synthetic", seed=31, limit=4)
-    rows = [json.dumps({"id": s.id, "video": s.video, "question": s.question, "options": s.options,
-                        "answer": s.answer, "task": s.metadata["task"]}) for s in samples]
-    rows.append(json.dumps({"id": "gone", "video": "missing.mp4", "question": "Which?", "options": ["a", "b"],
-                            "answer": "A", "task": "static"}))
+    rows = [
+        json.dumps(
+            {
+                "id": s.id,
+                "video": s.video,
+                "question": s.question,
+                "options": s.options,
+                "answer": s.answer,
+                "task": s.metadata["task"],
+            }
+        )
+        for s in samples
+    ]
+    rows.append(
+        json.dumps(
+            {
+                "id": "gone",
+                "video": "missing.mp4",
+                "question": "Which?",
+                "options": ["a", "b"],
+                "answer": "A",
+                "task": "static",
+            }
+        )
+    )
     rows.append("{broken")
     (tmp_path / "d.jsonl").write_text("\n".join(rows) + "\n")
     result = evaluate(tiny("llava_next_video"), flowlens.data.load(tmp_path / "d.jsonl"), progress=False)

@@ -117,7 +117,14 @@ def test_jsonl_round_trip(tmp_path):
 
 
 def test_malformed_lines_are_recorded_not_raised(tmp_path):
-    good = {"id": "a", "video": "a.mp4", "question": "Which?", "options": ["x", "y"], "answer": "B", "task": "t"}
+    good = {
+        "id": "a",
+        "video": "a.mp4",
+        "question": "Which?",
+        "options": ["x", "y"],
+        "answer": "B",
+        "task": "t",
+    }
     lines = [
         json.dumps(good),
         "{not json",
@@ -140,3 +147,23 @@ def test_malformed_lines_are_recorded_not_raised(tmp_path):
     assert "list of strings" in reasons[6]
     assert "duplicate id" in reasons[7]
     assert "JSON object" in reasons[8]
+
+
+def test_clips_are_lossless_so_every_machine_decodes_the_same_pixels(tmp_path):
+    """x264's bytes can differ between runs; at qp 0 the decoded frames cannot (they are the yuv input)."""
+    import av
+
+    from flowlens.data.video_writer import write_mp4
+
+    record, frames = synthetic.make_sample(1001, 18)
+    write_mp4(tmp_path / "clip.mp4", frames)
+    expected = np.stack(
+        [
+            av.VideoFrame.from_ndarray(f, format="rgb24")
+            .reformat(format="yuv420p")
+            .to_ndarray(format="rgb24")
+            for f in frames
+        ]
+    )
+    got = read_frames(tmp_path / "clip.mp4", len(frames)).frames
+    np.testing.assert_array_equal(got, expected)

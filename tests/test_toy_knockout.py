@@ -14,7 +14,7 @@ from flowlens.engine.spec import Block, BlockSet
 from flowlens.zoo import TOY_DIR
 
 pytestmark = pytest.mark.skipif(not (TOY_DIR / "config.json").exists(), reason="toy weights not built")
-N = 60
+N = 100  # 20 per task: per-task accuracies move by ~0.1 from sample noise alone
 
 
 def test_blocking_the_video_everywhere_gives_the_blind_floor():
@@ -43,6 +43,11 @@ def test_blocking_the_video_everywhere_gives_the_blind_floor():
     blind = evaluate(lm, samples, frames=8, blind=True, progress=False).samples
     blind_by_task = blind.groupby("task")["correct"].mean()
     by_task = table.groupby("task")[["ko", "clean"]].mean()
+    chance = {s.metadata["task"]: 1 / len(s.options) for s in samples}
     for task in TEMPORAL_TASKS:
-        assert by_task.loc[task, "clean"] > by_task.loc[task, "ko"] + 0.3, by_task  # the video mattered
-        assert abs(by_task.loc[task, "ko"] - blind_by_task.loc[task]) <= 0.2, (by_task, blind_by_task)
+        assert by_task.loc[task, "clean"] >= 0.9, by_task  # the video mattered
+        assert by_task.loc[task, "ko"] <= chance[task] + 0.2, (by_task, blind_by_task)
+    temporal = table["task"].isin(TEMPORAL_TASKS)
+    pooled_ko = table.loc[temporal, "ko"].mean()
+    pooled_blind = blind.loc[blind["task"].isin(TEMPORAL_TASKS), "correct"].mean()
+    assert abs(pooled_ko - pooled_blind) <= 0.1, (by_task, blind_by_task)

@@ -35,7 +35,11 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         summary = self.summary.astype(object).where(self.summary.notna(), None)
-        return {"settings": self.settings, "summary": summary.to_dict(orient="records"), "failures": self.failures}
+        return {
+            "settings": self.settings,
+            "summary": summary.to_dict(orient="records"),
+            "failures": self.failures,
+        }
 
 
 def option_probabilities(lm: Any, inputs: Any, layout: Any) -> np.ndarray:
@@ -63,7 +67,9 @@ def evaluate(
 
     if blind and shuffle_frames:
         raise FlowlensError("--blind and --shuffle-frames are exclusive (blank frames have no order)")
-    transform: FrameTransform | None = blank_frames if blind else shuffled_frames(shuffle_seed) if shuffle_frames else None
+    transform: FrameTransform | None = (
+        blank_frames if blind else shuffled_frames(shuffle_seed) if shuffle_frames else None
+    )
     failures = [f.to_dict() for f in getattr(samples, "failures", [])]
     rows: list[dict[str, Any]] = []
     with transformed_frames(lm, transform):
@@ -73,15 +79,26 @@ def evaluate(
         if row["error"]:
             failures.append({"id": row["id"], "reason": row["error"]})
     table = pd.DataFrame(rows, columns=list(_score_columns()))
-    settings = {"model": lm.name, "frames": frames, "blind": blind, "shuffle_frames": shuffle_frames,
-                "shuffle_seed": shuffle_seed if shuffle_frames else None, "n_samples": len(samples)}
-    return EvalResult(table, summarize(table, load_failures=len(failures) - int(table["error"].notna().sum())),
-                      failures, settings)
+    settings = {
+        "model": lm.name,
+        "frames": frames,
+        "blind": blind,
+        "shuffle_frames": shuffle_frames,
+        "shuffle_seed": shuffle_seed if shuffle_frames else None,
+        "n_samples": len(samples),
+    }
+    return EvalResult(
+        table,
+        summarize(table, load_failures=len(failures) - int(table["error"].notna().sum())),
+        failures,
+        settings,
+    )
 
 
 def _score_columns() -> dict[str, None]:
-    return dict.fromkeys(["id", "task", "answer", "prediction", "correct", "p_answer", "probs", "n_options",
-                          "chance", "error"])
+    return dict.fromkeys(
+        ["id", "task", "answer", "prediction", "correct", "p_answer", "probs", "n_options", "chance", "error"]
+    )
 
 
 def _score(lm: Any, sample: Sample, frames: int) -> dict[str, Any]:
@@ -98,8 +115,13 @@ def _score(lm: Any, sample: Sample, frames: int) -> dict[str, Any]:
     letters = layout.option_letters
     prediction = letters[int(np.argmax(probs))]
     answer = layout.answer_letter
-    row.update(prediction=prediction, probs={x: round(float(p), 6) for x, p in zip(letters, probs, strict=True)},
-               n_options=len(letters), chance=1.0 / len(letters), answer=answer)
+    row.update(
+        prediction=prediction,
+        probs={x: round(float(p), 6) for x, p in zip(letters, probs, strict=True)},
+        n_options=len(letters),
+        chance=1.0 / len(letters),
+        answer=answer,
+    )
     if answer is not None:
         row.update(correct=prediction == answer, p_answer=float(probs[letters.index(answer)]))
     return row

@@ -43,7 +43,7 @@ SPLIT_SIZES: dict[str, int] = {"train": 6000, "val": 500, "test": 1000}
 DEFAULT_SPLIT = "test"
 DEFAULT_SEED_SIZE = 200
 
-FORMAT = 1  # bump when rendering or questions change, so cached sets are rebuilt
+FORMAT = 2  # bump when rendering, encoding or questions change, so cached sets are rebuilt
 FRAME_SIZE = 64
 MIN_FRAMES, MAX_FRAMES = 8, 16
 FPS = 8
@@ -111,7 +111,10 @@ def moving_direction(rng: np.random.Generator, n_frames: int) -> Clip:
     (color, shape), radius = _objects(rng, 1)[0], 9.0
     axis = str(rng.choice(["horizontal", "vertical"]))
     forward = bool(rng.integers(2))
-    near, far = rng.uniform(radius + 1, radius + 6), rng.uniform(FRAME_SIZE - radius - 6, FRAME_SIZE - radius - 1)
+    near, far = (
+        rng.uniform(radius + 1, radius + 6),
+        rng.uniform(FRAME_SIZE - radius - 6, FRAME_SIZE - radius - 1),
+    )
     start, end = (near, far) if forward else (far, near)
     across = rng.uniform(radius + 2, FRAME_SIZE - radius - 2)
     frames = blank(n_frames, FRAME_SIZE)
@@ -151,7 +154,9 @@ def object_count(rng: np.random.Generator, n_frames: int) -> Clip:
             draw(frames[t], shape, color, cx, cy, 11.0)
     answer = COUNT_WORDS[count - 1]
     question = "How many objects appeared in the video?"
-    return Clip(frames, question, answer, [w for w in COUNT_WORDS if w != answer], {"count": count, "slots": slots})
+    return Clip(
+        frames, question, answer, [w for w in COUNT_WORDS if w != answer], {"count": count, "slots": slots}
+    )
 
 
 def scene_transition(rng: np.random.Generator, n_frames: int) -> Clip:
@@ -164,7 +169,9 @@ def scene_transition(rng: np.random.Generator, n_frames: int) -> Clip:
     answer, other = (before, after) if ask == "from" else (after, before)
     distractors = [other, *_other_colors(rng, [before, after], 2)]
     question = f"What colour did the background change {ask}?"
-    return Clip(frames, question, answer, distractors, {"from": before, "to": after, "ask": ask, "cut_frame": cut})
+    return Clip(
+        frames, question, answer, distractors, {"from": before, "to": after, "ask": ask, "cut_frame": cut}
+    )
 
 
 def static(rng: np.random.Generator, n_frames: int) -> Clip:
@@ -185,8 +192,13 @@ TASK_FUNCTIONS: dict[str, Callable[[np.random.Generator, int], Clip]] = {
     "scene_transition": scene_transition,
     "static": static,
 }
-N_OPTIONS: dict[str, int] = {"moving_direction": 2, "event_order": 4, "object_count": 4,
-                             "scene_transition": 4, "static": 4}
+N_OPTIONS: dict[str, int] = {
+    "moving_direction": 2,
+    "event_order": 4,
+    "object_count": 4,
+    "scene_transition": 4,
+    "static": 4,
+}
 
 
 # ---------------------------------------------------------------- samples
@@ -230,10 +242,14 @@ def generate(seed: int, n: int, out_dir: str | Path, progress: bool = False) -> 
         record, frames = make_sample(seed, index)
         video = f"videos/{record['id']}.mp4"
         write_mp4(out / video, frames, fps=FPS)
-        lines.append(json.dumps({"id": record["id"], "video": video, **{k: v for k, v in record.items() if k != "id"}}))
+        lines.append(
+            json.dumps({"id": record["id"], "video": video, **{k: v for k, v in record.items() if k != "id"}})
+        )
     path = out / ANNOTATIONS
     path.write_text("\n".join(lines) + "\n")
-    (out / "dataset.json").write_text(json.dumps({"name": "synthetic", "format": FORMAT, "seed": seed, "n": n}) + "\n")
+    (out / "dataset.json").write_text(
+        json.dumps({"name": "synthetic", "format": FORMAT, "seed": seed, "n": n}) + "\n"
+    )
     return path
 
 
@@ -250,11 +266,15 @@ def resolve(split: str | None = None, seed: int | None = None, n: int | None = N
         return str(seed), int(seed), n or DEFAULT_SEED_SIZE
     split = split or DEFAULT_SPLIT
     if split not in SPLIT_SEEDS:
-        raise FlowlensError(f"unknown synthetic split {split!r}; use one of {', '.join(SPLIT_SEEDS)} or a seed")
+        raise FlowlensError(
+            f"unknown synthetic split {split!r}; use one of {', '.join(SPLIT_SEEDS)} or a seed"
+        )
     return split, SPLIT_SEEDS[split], n or SPLIT_SIZES[split]
 
 
-def cached(split: str | None = None, seed: int | None = None, n: int | None = None, progress: bool = False) -> Path:
+def cached(
+    split: str | None = None, seed: int | None = None, n: int | None = None, progress: bool = False
+) -> Path:
     """JSONL of a synthetic set under $FLOWLENS_CACHE/synthetic/<split-or-seed>-<n>/, generated once, atomically."""
     from flowlens.models.tiny import cache_root
 

@@ -28,20 +28,44 @@ class Encoded:
     option_ids: list[list[int]]
     answers: torch.Tensor  # (N,) index of the correct option
     concepts: torch.Tensor  # (N,) token id of the first word of the correct option's text
+    frame_words: torch.Tensor  # (N,) in-video target word id (see `frame_word_ids`), -1 for none
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def take(self, start: int, stop: int) -> Encoded:
         """Samples `start`..`stop`-1 (e.g. one split out of a jointly prepared list)."""
-        return Encoded(self.ids[start:stop], self.tasks[start:stop], self.input_ids[start:stop],
-                       self.pixels[start:stop], self.option_ids[start:stop], self.answers[start:stop],
-                       self.concepts[start:stop])
+        return Encoded(
+            self.ids[start:stop],
+            self.tasks[start:stop],
+            self.input_ids[start:stop],
+            self.pixels[start:stop],
+            self.option_ids[start:stop],
+            self.answers[start:stop],
+            self.concepts[start:stop],
+            self.frame_words[start:stop],
+        )
 
     @property
     def targets(self) -> torch.Tensor:
         """Token id of each sample's answer letter (the next token the model must produce)."""
         return torch.tensor([ids[a] for ids, a in zip(self.option_ids, self.answers.tolist(), strict=True)])
+
+
+def frame_word_ids(samples: list[Sample], tokenizer: Any) -> torch.Tensor:
+    """Per sample, a word the video alone determines before any question is seen, or -1.
+
+    moving_direction: the direction; event_order: the first object's colour (the question, first or
+    last, comes after the video, so only what holds for every question can be a target in it).
+    """
+    ids = []
+    for s in samples:
+        task, meta = s.metadata.get("task"), s.metadata
+        word = meta.get("direction") if task == "moving_direction" else None
+        if task == "event_order" and meta.get("sequence"):
+            word = str(meta["sequence"][0]).split()[0]
+        ids.append(tokenizer(word, add_special_tokens=False)["input_ids"][0] if word else -1)
+    return torch.tensor(ids)
 
 
 def concept_ids(samples: list[Sample], tokenizer: Any) -> torch.Tensor:
@@ -77,7 +101,9 @@ def _init_worker(arch: Any, template: Any) -> None:
     _WORKER_LM.template = template
 
 
-def _prepare_chunk(chunk: list[Sample], frames: int) -> list[tuple[torch.Tensor, torch.Tensor, list[int], int]]:
+def _prepare_chunk(
+    chunk: list[Sample], frames: int
+) -> list[tuple[torch.Tensor, torch.Tensor, list[int], int]]:
     return [prepare_one(_WORKER_LM, s, frames) for s in chunk]
 
 
@@ -96,8 +122,9 @@ def encode(
     chunks = [samples[i : i + 64] for i in range(0, len(samples), 64)]
     bar = tqdm(total=len(samples), desc="prepare inputs", unit="sample", disable=not progress)
     results: list[tuple[torch.Tensor, torch.Tensor, list[int], int]] = []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(arch, template)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(arch, template)
+    ) as pool:
         for done in pool.map(_prepare_chunk, chunks, [frames] * len(chunks)):
             results.extend(done)
             bar.update(len(done))
@@ -110,6 +137,7 @@ def encode(
         option_ids=[r[2] for r in results],
         answers=torch.tensor([r[3] for r in results]),
         concepts=concept_ids(samples, tokenizer),
+        frame_words=frame_word_ids(samples, tokenizer),
     )
 
 
@@ -122,8 +150,12 @@ def batch(data: Encoded, index: torch.Tensor, pad_id: int) -> dict[str, torch.Te
     for row, seq in enumerate(seqs):
         input_ids[row, : len(seq)] = seq
         attention_mask[row, : len(seq)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "pixel_values_videos": data.pixels[index], "last": lengths - 1}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pixel_values_videos": data.pixels[index],
+        "last": lengths - 1,
+    }
 
 
 def frame_ends(input_ids: torch.Tensor, video_token_id: int, frames: int) -> torch.Tensor:
@@ -134,7 +166,10 @@ def frame_ends(input_ids: torch.Tensor, video_token_id: int, frames: int) -> tor
 
 def last_logits(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Vocabulary logits at each sample's `last` position, (B, vocab)."""
-    out = model.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                      pixel_values_videos=inputs["pixel_values_videos"])
+    out = model.model(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        pixel_values_videos=inputs["pixel_values_videos"],
+    )
     hidden = out.last_hidden_state[torch.arange(len(inputs["last"])), inputs["last"]]
     return model.lm_head(hidden)

@@ -56,8 +56,13 @@ def make_batch(lm: Any, rng: np.random.Generator, size: int) -> dict[str, torch.
     for row, seq in enumerate(seqs):
         ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "last": mask.sum(1) - 1,
-            "letters": torch.tensor(letters), "words": torch.tensor(words)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "last": mask.sum(1) - 1,
+        "letters": torch.tensor(letters),
+        "words": torch.tensor(words),
+    }
 
 
 def text_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -67,8 +72,9 @@ def text_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model.lm_head(hidden.last_hidden_state[rows, batch["last"]])
 
 
-def text_warmup(lm: Any, steps: int, batch_size: int, lr: float, seed: int, bf16: bool = True,
-                progress: bool = True) -> list[dict[str, float]]:
+def text_warmup(
+    lm: Any, steps: int, batch_size: int, lr: float, seed: int, bf16: bool = True, progress: bool = True
+) -> list[dict[str, float]]:
     """Train the language model on text-only multiple choice; return loss and accuracy every 100 steps."""
     from tqdm.auto import tqdm
 
@@ -95,8 +101,13 @@ def text_warmup(lm: Any, steps: int, batch_size: int, lr: float, seed: int, bf16
         losses.append(float(loss.detach()))
         hits.append(float((predicted == batch["letters"]).float().mean()))
         if (step + 1) % 100 == 0 or step + 1 == steps:
-            log.append({"step": step + 1, "loss": round(float(np.mean(losses)), 4),
-                        "accuracy": round(float(np.mean(hits)), 4)})
+            log.append(
+                {
+                    "step": step + 1,
+                    "loss": round(float(np.mean(losses)), 4),
+                    "accuracy": round(float(np.mean(hits)), 4),
+                }
+            )
             losses, hits = [], []
     model.eval()
     return log

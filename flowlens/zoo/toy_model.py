@@ -59,27 +59,44 @@ def toy_components(arch: ToyArchitecture) -> tuple[Any, Any]:
     if (arch.image_size // arch.patch_size) % 2:
         raise ValueError("image_size / patch_size must be even (the video pooler halves the patch grid)")
     tokenizer = build_word_tokenizer(
-        ["<image>", "<video>"], VICUNA_TEMPLATE, extra_words=vocabulary(),
-        named_tokens={"image_token": "<image>", "video_token": "<video>"}, add_bos=True,
+        ["<image>", "<video>"],
+        VICUNA_TEMPLATE,
+        extra_words=vocabulary(),
+        named_tokens={"image_token": "<image>", "video_token": "<video>"},
+        add_bos=True,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
-        num_hidden_layers=arch.layers, num_attention_heads=arch.heads, num_key_value_heads=arch.heads,
-        max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads,
+        num_key_value_heads=arch.heads,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     vision = CLIPVisionConfig(
-        hidden_size=arch.vision_hidden, intermediate_size=2 * arch.vision_hidden,
-        num_hidden_layers=arch.vision_layers, num_attention_heads=arch.vision_heads,
-        image_size=arch.image_size, patch_size=arch.patch_size, projection_dim=arch.vision_hidden,
+        hidden_size=arch.vision_hidden,
+        intermediate_size=2 * arch.vision_hidden,
+        num_hidden_layers=arch.vision_layers,
+        num_attention_heads=arch.vision_heads,
+        image_size=arch.image_size,
+        patch_size=arch.patch_size,
+        projection_dim=arch.vision_hidden,
     )
     size = arch.image_size
     config = LlavaNextVideoConfig(
-        vision_config=vision, text_config=text,
+        vision_config=vision,
+        text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
         image_grid_pinpoints=[[size, size], [size, 2 * size]],
-        vision_feature_layer=-1, spatial_pool_stride=2, spatial_pool_mode="average", tie_word_embeddings=False,
+        vision_feature_layer=-1,
+        spatial_pool_stride=2,
+        spatial_pool_mode="average",
+        tie_word_embeddings=False,
     )
     config.architectures = [LlavaNextVideoAdapter.model_class_name]
     shortest, crop = {"shortest_edge": size}, {"height": size, "width": size}
@@ -88,7 +105,10 @@ def toy_components(arch: ToyArchitecture) -> tuple[Any, Any]:
         image_processor=LlavaNextImageProcessor(
             size=shortest, crop_size=crop, image_grid_pinpoints=config.image_grid_pinpoints
         ),
-        tokenizer=tokenizer, patch_size=arch.patch_size, vision_feature_select_strategy="default",
-        chat_template=VICUNA_TEMPLATE, num_additional_image_tokens=1,
+        tokenizer=tokenizer,
+        patch_size=arch.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=VICUNA_TEMPLATE,
+        num_additional_image_tokens=1,
     )
     return config, processor
