@@ -10,17 +10,23 @@ from transformers import PreTrainedTokenizerFast
 UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<s>", "</s>"
 
 # Words of the prompt templates and the synthetic dataset; anything else maps to <unk>.
-BASE_WORDS = """
-    question options only give the best option carefully watch video and pay attention to cause
-    sequence of events detail movement objects action pose persons based on your observations select
-    that accurately addresses user assistant system frame seconds time what which how many is are
-    was were the a an in at from left right up down top bottom first second third last before after
-    moving direction object count order appeared appear color colour shape scene transition changed
-    change from to red green blue yellow white black purple orange gray grey cyan magenta circle
-    square triangle star ball box background static does do did moves move none one two three four
-    five six seven eight nine ten zero there it this video clip shows show happens happen end start
-    beginning begin during through toward towards away
-""".split()
+# fmt: off
+BASE_WORDS = [
+    "question", "options", "only", "give", "the", "best", "option", "carefully", "watch", "video",
+    "and", "pay", "attention", "to", "cause", "sequence", "of", "events", "detail", "movement",
+    "objects", "action", "pose", "persons", "based", "on", "your", "observations", "select", "that",
+    "accurately", "addresses", "user", "assistant", "system", "frame", "seconds", "time", "what",
+    "which", "how", "many", "is", "are", "was", "were", "the", "a", "an", "in", "at", "from", "left",
+    "right", "up", "down", "top", "bottom", "first", "second", "third", "last", "before", "after",
+    "moving", "direction", "object", "count", "order", "appeared", "appear", "color", "colour", "shape",
+    "scene", "transition", "changed", "change", "from", "to", "red", "green", "blue", "yellow", "white",
+    "black", "purple", "orange", "gray", "grey", "cyan", "magenta", "circle", "square", "triangle",
+    "star", "ball", "box", "background", "static", "does", "do", "did", "moves", "move", "none", "one",
+    "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "zero", "there", "it",
+    "this", "video", "clip", "shows", "show", "happens", "happen", "end", "start", "beginning", "begin",
+    "during", "through", "toward", "towards", "away",
+]
+# fmt: on
 
 
 def build_word_tokenizer(
