@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 
 import pytest
 
@@ -29,6 +30,8 @@ def test_toy_loads_with_its_prompt_and_architecture():
     assert lm.template.system is None  # the shorter template shipped in flowlens_prompt.json
     assert (TOY_DIR / "model.safetensors").stat().st_size < 20_000_000
     assert FRESH_SEED not in synthetic.SPLIT_SEEDS.values()
+    log = json.loads((TOY_DIR / "train_log.json").read_text())  # the training log ships beside the weights
+    assert min(log["final_val_accuracy"].values()) >= 0.95 and log["config"]["seed"] == 0
 
 
 def test_prompts_have_no_unknown_words():
