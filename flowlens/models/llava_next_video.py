@@ -46,14 +46,7 @@ class LlavaNextVideoAdapter(VideoAdapter):
 
     @classmethod
     def tiny_components(cls, n_layers: int) -> tuple[Any, Any]:
-        from transformers import (
-            CLIPVisionConfig,
-            LlamaConfig,
-            LlavaNextImageProcessor,
-            LlavaNextVideoConfig,
-            LlavaNextVideoProcessor,
-            LlavaNextVideoVideoProcessor,
-        )
+        from transformers import CLIPVisionConfig, LlamaConfig
 
         image_size, patch = 56, 7
         tokenizer = build_word_tokenizer(
@@ -83,29 +76,48 @@ class LlavaNextVideoAdapter(VideoAdapter):
             patch_size=patch,
             projection_dim=32,
         )
-        config = LlavaNextVideoConfig(
-            vision_config=vision,
-            text_config=text,
-            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-            video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
-            image_grid_pinpoints=[[image_size, image_size], [image_size, 2 * image_size]],
-            vision_feature_layer=-2,
-            spatial_pool_stride=2,
-            spatial_pool_mode="average",
-            tie_word_embeddings=False,
-        )
-        config.architectures = [cls.model_class_name]
-        size = {"shortest_edge": image_size}
-        crop = {"height": image_size, "width": image_size}
-        processor = LlavaNextVideoProcessor(
-            video_processor=LlavaNextVideoVideoProcessor(size=size, crop_size=crop),
-            image_processor=LlavaNextImageProcessor(
-                size=size, crop_size=crop, image_grid_pinpoints=config.image_grid_pinpoints
-            ),
-            tokenizer=tokenizer,
-            patch_size=patch,
-            vision_feature_select_strategy="default",
-            chat_template=VICUNA_TEMPLATE,
-            num_additional_image_tokens=1,
-        )
-        return config, processor
+        return llava_next_video_components(tokenizer, text, vision, vision_feature_layer=-2)
+
+
+def llava_next_video_components(
+    tokenizer: Any, text: Any, vision: Any, vision_feature_layer: int
+) -> tuple[Any, Any]:
+    """(config, processor) of a small LLaVA-NeXT-Video from its tokenizer and text/vision configs.
+
+    Shared by the tiny test model and the trained toy: square frames of the vision tower's size,
+    2x2 average pooling, the Vicuna chat template and the real processor classes.
+    """
+    from transformers import (
+        LlavaNextImageProcessor,
+        LlavaNextVideoConfig,
+        LlavaNextVideoProcessor,
+        LlavaNextVideoVideoProcessor,
+    )
+
+    image_size = vision.image_size
+    config = LlavaNextVideoConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=[[image_size, image_size], [image_size, 2 * image_size]],
+        vision_feature_layer=vision_feature_layer,
+        spatial_pool_stride=2,
+        spatial_pool_mode="average",
+        tie_word_embeddings=False,
+    )
+    config.architectures = [LlavaNextVideoAdapter.model_class_name]
+    size = {"shortest_edge": image_size}
+    crop = {"height": image_size, "width": image_size}
+    processor = LlavaNextVideoProcessor(
+        video_processor=LlavaNextVideoVideoProcessor(size=size, crop_size=crop),
+        image_processor=LlavaNextImageProcessor(
+            size=size, crop_size=crop, image_grid_pinpoints=config.image_grid_pinpoints
+        ),
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=VICUNA_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+    return config, processor

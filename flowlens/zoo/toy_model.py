@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from flowlens.data.synthetic import FRAME_SIZE, vocabulary
-from flowlens.models.llava_next_video import VICUNA_TEMPLATE, LlavaNextVideoAdapter
+from flowlens.models.llava_next_video import VICUNA_TEMPLATE, llava_next_video_components
 from flowlens.models.prompt import PromptTemplate
 from flowlens.models.tiny_tokenizer import build_word_tokenizer
 
@@ -47,14 +47,7 @@ def initialise(model: Any, arch: ToyArchitecture) -> None:
 
 def toy_components(arch: ToyArchitecture) -> tuple[Any, Any]:
     """(config, processor) of an untrained toy model; every word of the synthetic benchmark is in the vocabulary."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextImageProcessor,
-        LlavaNextVideoConfig,
-        LlavaNextVideoProcessor,
-        LlavaNextVideoVideoProcessor,
-    )
+    from transformers import CLIPVisionConfig, LlamaConfig
 
     if (arch.image_size // arch.patch_size) % 2:
         raise ValueError("image_size / patch_size must be even (the video pooler halves the patch grid)")
@@ -86,29 +79,4 @@ def toy_components(arch: ToyArchitecture) -> tuple[Any, Any]:
         patch_size=arch.patch_size,
         projection_dim=arch.vision_hidden,
     )
-    size = arch.image_size
-    config = LlavaNextVideoConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
-        image_grid_pinpoints=[[size, size], [size, 2 * size]],
-        vision_feature_layer=-1,
-        spatial_pool_stride=2,
-        spatial_pool_mode="average",
-        tie_word_embeddings=False,
-    )
-    config.architectures = [LlavaNextVideoAdapter.model_class_name]
-    shortest, crop = {"shortest_edge": size}, {"height": size, "width": size}
-    processor = LlavaNextVideoProcessor(
-        video_processor=LlavaNextVideoVideoProcessor(size=shortest, crop_size=crop),
-        image_processor=LlavaNextImageProcessor(
-            size=shortest, crop_size=crop, image_grid_pinpoints=config.image_grid_pinpoints
-        ),
-        tokenizer=tokenizer,
-        patch_size=arch.patch_size,
-        vision_feature_select_strategy="default",
-        chat_template=VICUNA_TEMPLATE,
-        num_additional_image_tokens=1,
-    )
-    return config, processor
+    return llava_next_video_components(tokenizer, text, vision, vision_feature_layer=-1)
