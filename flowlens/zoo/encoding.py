@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from multiprocessing import get_context
 from typing import Any
 
@@ -46,9 +47,9 @@ class Encoded:
             self.frame_words[start:stop],
         )
 
-    @property
+    @cached_property
     def targets(self) -> torch.Tensor:
-        """Token id of each sample's answer letter (the next token the model must produce)."""
+        """Token id of each sample's answer letter (the next token the model must produce); built once."""
         return torch.tensor([ids[a] for ids, a in zip(self.option_ids, self.answers.tolist(), strict=True)])
 
 

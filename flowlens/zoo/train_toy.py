@@ -6,8 +6,8 @@ Reproduces `flowlens/zoo/toy/` on CPU (2 threads) from a seed, in two stages:
    with a letter, from text-only questions that name the answer;
 2. video instruction tuning: the synthetic train split, every sample prepared once with
    `VideoLM.prepare` (the exact inputs evaluation uses), cross-entropy on the answer letter at
-   `last`, with the answer's first word as a fading auxiliary target early on (for
-   moving_direction also at the end of every frame).
+   `last`, with fading auxiliary targets early on: the answer's first word at `last`, and a word the
+   video alone determines (direction, first object) at the end of every frame.
 
 Saves weights (safetensors), processor, prompt template and a JSON training log (config, per-epoch
 loss, val accuracy per task, wall time) into the output folder.
