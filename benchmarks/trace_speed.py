@@ -42,18 +42,18 @@ def prepare(layers: int):
 
 def forward(mode: str, lm, inputs, layout) -> None:
     """One forward of the language model and vision tower in `mode` (sdpa | trace | eager)."""
+    from flowlens.compat import language_attention_implementation
     from flowlens.engine.backend import active_handler, language_attention
     from flowlens.engine.capture import FlowCapture
     from flowlens.engine.residuals import ResidualCapture
 
-    cfg = lm.adapter.text_config
     with torch.no_grad():
         if mode == "sdpa":
             lm.model(**inputs, logits_to_keep=1)
         elif mode == "trace":
             capture, residuals = FlowCapture(layout, lm.device), ResidualCapture(layout, lm.device)
             with (
-                language_attention(lm.model, cfg),
+                language_attention(lm.model),
                 active_handler(capture, layout.n_layers),
                 residuals.attached(lm.adapter.language_layers()),
             ):
@@ -61,12 +61,8 @@ def forward(mode: str, lm, inputs, layout) -> None:
             capture.segment_flow(), capture.frame_flow(), capture.last_to_video(), capture.question_to_video()
             residuals.resid_last(), residuals.resid_frame_mean()
         else:
-            previous = cfg._attn_implementation
-            cfg._attn_implementation = "eager"
-            try:
+            with language_attention_implementation(lm.model, "eager"):
                 lm.model(**inputs, output_attentions=True, logits_to_keep=1)
-            finally:
-                cfg._attn_implementation = previous
 
 
 def memory_of(mode: str, layers: int) -> dict:

@@ -8,6 +8,7 @@ import torch
 from conftest import make_sample, random_video, tiny
 
 from flowlens.analyses.trace import TraceOptions, trace_sample
+from flowlens.compat import language_attention_implementation
 from flowlens.engine.backend import active_handler, language_attention
 from flowlens.engine.capture import CaptureOptions, FlowCapture
 
@@ -17,14 +18,8 @@ ATOL = 1e-5
 
 def eager_run(lm, inputs):
     """Attention probabilities (L, H, T, T) and hidden states from HF eager attention."""
-    cfg = lm.adapter.text_config
-    previous = cfg._attn_implementation
-    cfg._attn_implementation = "eager"
-    try:
-        with torch.no_grad():
-            out = lm.model(**inputs, output_attentions=True, output_hidden_states=True)
-    finally:
-        cfg._attn_implementation = previous
+    with torch.no_grad(), language_attention_implementation(lm.model, "eager"):
+        out = lm.model(**inputs, output_attentions=True, output_hidden_states=True)
     return torch.stack(out.attentions)[:, 0].double().numpy(), out
 
 
@@ -77,7 +72,7 @@ def test_logits_equal_sdpa(family):
     with torch.no_grad():
         sdpa = lm.model(**inputs).logits
         capture = FlowCapture(layout, lm.device, CaptureOptions())
-        with language_attention(lm.model, lm.adapter.text_config), active_handler(capture, layout.n_layers):
+        with language_attention(lm.model), active_handler(capture, layout.n_layers):
             flowlens_logits = lm.model(**inputs).logits
     assert capture.frame_flow().shape[0] == layout.n_layers
     torch.testing.assert_close(flowlens_logits, sdpa, atol=1e-4, rtol=0)
@@ -118,8 +113,10 @@ def test_handler_matches_plain_attention_under_any_mask(mask_kind):
     if mask_kind == "additive":
         mask = torch.zeros(1, 1, t, t).masked_fill(~allowed, torch.finfo(torch.float32).min)
 
-    class Layer(torch.nn.Module):
+    class Layer(torch.nn.Module):  # what an HF attention module carries that attention functions read
         layer_idx = 0
+        num_key_value_groups = heads // kv_heads
+        is_causal = True
 
     capture = FlowCapture(layout, torch.device("cpu"), CaptureOptions())
     out = capture(Layer(), q, k, v, mask, dim**-0.5)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from flowlens.compat import CompatError
 from flowlens.data.sample import Sample
 from flowlens.errors import FlowlensError, SampleError
 from flowlens.store.hdf5 import RunWriter
@@ -115,6 +116,8 @@ def run_over_samples(
         for sample in tqdm(todo, desc=str(config["analysis"]), unit="sample", disable=not progress):
             try:
                 write_one(writer, sample)
+            except CompatError:
+                raise  # the installed transformers broke a mechanism: every sample would be wrong
             except (SampleError, FlowlensError) as exc:
                 writer.write_failure(str(sample.id), str(exc), sample.metadata)
     run = open_run(path)

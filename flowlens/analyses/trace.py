@@ -54,7 +54,7 @@ def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = Non
     capture = FlowCapture(layout, lm.device, CaptureOptions())
     residuals = ResidualCapture(layout, lm.device, options.video_layers)
     with (
-        language_attention(lm.model, lm.adapter.text_config),
+        language_attention(lm.model),
         active_handler(capture, expected_calls=layout.n_layers),
         residuals.attached(lm.adapter.language_layers()),
     ):

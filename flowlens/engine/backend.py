@@ -15,9 +15,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import sdpa_mask
 
+from flowlens import compat
 from flowlens.errors import FlowlensError
 
 ATTENTION_NAME = "flowlens"
@@ -58,7 +57,7 @@ def flowlens_attention(
         out = _handlers[-1](module, query, key, value, attention_mask, scale)
         if out is not None:
             return out, None
-    return sdpa_attention_forward(
+    return compat.sdpa_attention(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
 
@@ -68,7 +67,7 @@ def flowlens_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
 
     Registering a mask function matters: without one transformers passes no mask at all, even with padding.
     """
-    return sdpa_mask(*args, **kwargs)
+    return compat.sdpa_mask(*args, **kwargs)
 
 
 def register() -> None:
@@ -78,15 +77,11 @@ def register() -> None:
 
 
 @contextlib.contextmanager
-def language_attention(model: nn.Module, text_config: Any) -> Iterator[None]:
+def language_attention(model: nn.Module) -> Iterator[None]:
     """Switch the language model to the flowlens backend; restore the user's implementation on exit."""
     register()
-    previous = text_config._attn_implementation
-    text_config._attn_implementation = ATTENTION_NAME
-    try:
+    with compat.language_attention_implementation(model, ATTENTION_NAME):
         yield
-    finally:
-        text_config._attn_implementation = previous
 
 
 @contextlib.contextmanager

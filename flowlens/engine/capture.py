@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowlens import compat
 from flowlens.models.layout import TokenLayout
 
 
@@ -25,6 +26,7 @@ class CaptureOptions:
     flows: bool = True
     last_to_video: bool = True
     question_to_video: bool = True
+    canary: bool = True  # check the first captured layer against transformers' SDPA (see `_check`)
 
 
 def group_matrix(layout: TokenLayout, names: list[str], device: torch.device) -> torch.Tensor:
@@ -52,6 +54,7 @@ class FlowCapture:
         self.last_rows: list[torch.Tensor | None] = [None] * n_layers
         self.question_rows: list[torch.Tensor | None] = [None] * n_layers
         self._flow_means: np.ndarray | None = None
+        self._unchecked = self.options.canary
 
     # ------------------------------------------------------------------ handler
     def __call__(
@@ -71,6 +74,8 @@ class FlowCapture:
         if self.options.flows:
             out, mass = self._output_and_mass(query, key, value, mask, scaling, gqa)
             self.flow_sums[layer] = torch.einsum("ts,hta->hsa", self.onehot, mass[0])
+            if self._unchecked:
+                self._check(module, query, key, value, mask, scaling, out, mass)
         else:
             out = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=gqa
@@ -124,6 +129,39 @@ class FlowCapture:
             enable_gqa=gqa,
         )
         return out, mass
+
+    def _check(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        scaling: float,
+        out: torch.Tensor,
+        mass: torch.Tensor,
+    ) -> None:
+        """Canary, once per sample (first captured layer): every query's attention mass over the segments
+        sums to 1, and the handler's output equals transformers' own SDPA attention. Costs one SDPA call."""
+        self._unchecked = False
+        total = mass[0].sum(-1)
+        mass_error = float((total - 1).abs().max())
+        if not mass_error <= 1e-4:
+            raise compat.CompatError(
+                "capture (attention mass)",
+                f"captured attention rows sum to 1 within {mass_error:.3g}, not 1e-4",
+            )
+        reference, _ = compat.sdpa_attention(module, query, key, value, mask, scaling=scaling)
+        ours = out.transpose(1, 2).float()
+        error = float((ours - reference.float()).abs().max())
+        scale = max(1.0, float(reference.abs().max()))
+        tolerance = (1e-5 if value.dtype in (torch.float32, torch.float64) else 2e-2) * scale
+        if not error <= tolerance:
+            raise compat.CompatError(
+                "capture (attention output)",
+                f"the capture's attention output differs from transformers' SDPA by {error:.3g} "
+                f"(tolerance {tolerance:.3g})",
+            )
 
     def _record_rows(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float

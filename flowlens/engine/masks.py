@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from flowlens import compat
 from flowlens.engine.spec import Block, Knockout
 from flowlens.errors import FlowlensError
 from flowlens.models.layout import TokenLayout
@@ -134,7 +134,7 @@ class EdgeMask:
                 target = slice(None) if knockout.heads is None else list(knockout.heads)
                 allowed[b, target] &= knockout.rows(q_len, k_len)
         _keep_diagonal(allowed, q_len, k_len)
-        out, _ = sdpa_attention_forward(module, query, key, value, allowed, scaling=scaling)
+        out, _ = compat.sdpa_attention(module, query, key, value, allowed, scaling=scaling)
         return out
 
 

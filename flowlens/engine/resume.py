@@ -3,22 +3,25 @@
 A knockout whose first layer is `a` leaves layers < a untouched, and one whose first blocked query
 row is `p` leaves every position < p untouched in every layer (causal attention: earlier positions
 never see later ones). Its run can therefore start from the clean run's input to layer `a` at
-positions >= p, attending the clean keys and values of positions < p from the clean KV cache; many
+positions >= p, attending the clean keys and values of positions < p through a KV cache; many
 conditions sharing (a, p) run together as one batch. This module records the clean run (the language
-model's call, each layer's input, the KV cache) and re-enters the language model's own forward with its
-layer list cut to `layers[a:]`: the model code runs as written, nothing is reimplemented.
+model's call, each layer's input, each layer's keys and values) and re-enters the language model's own
+forward with its layer list cut to `layers[a:]`: the model code runs as written, nothing is reimplemented.
+
+Canaries turn a silent change of transformers' behaviour into an error: every resumed batch carries one
+clean row whose logits must reproduce the clean run's, the cache must have grown to the full length
+after a forward resumed at a position > 0, and the flowlens attention backend must have run once per
+replayed layer.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from flowlens import compat
 from flowlens.engine.backend import active_handler, language_attention
 from flowlens.engine.masks import CompiledKnockout, EdgeMask
 
@@ -27,16 +30,51 @@ if TYPE_CHECKING:
     from flowlens.models.layout import TokenLayout
 
 
-class CleanRun:
-    """One clean forward: final logits at `last`, the language model's call, and every layer's input."""
+def canary_tolerance(dtype: torch.dtype, reference: torch.Tensor) -> float:
+    """Largest |logit difference| a resumed clean row may show: float rounding at the model's dtype.
 
-    def __init__(self, lm: VideoLM, inputs: Any, layout: TokenLayout):
+    fp32/fp64: 1e-4 of the logit scale (measured differences are ~1e-6); fp16/bf16: 5% of the scale
+    (batch-dependent kernels round differently). A lost KV cache changes logits by far more.
+    """
+    scale = max(1.0, float(reference.abs().max()))
+    return (1e-4 if dtype in (torch.float32, torch.float64) else 5e-2) * scale
+
+
+class KeyValueRecorder:
+    """Attention handler for the clean run: keeps each layer's keys and values and lets SDPA compute."""
+
+    def __init__(self, n_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    def __call__(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        scaling: float,
+    ) -> None:
+        self.keys[int(module.layer_idx)] = key.detach()
+        self.values[int(module.layer_idx)] = value.detach()
+        return None
+
+
+class CleanRun:
+    """One clean forward: final logits at `last`, the language model's call, every layer's input, keys and values."""
+
+    def __init__(self, lm: VideoLM, inputs: Any, layout: TokenLayout, canary: bool = True):
         self.lm = lm
         self.layout = layout
+        self.canary = canary
         self.language_model = lm.adapter.language_model()
+        self.cache_keyword = compat.cache_keyword(self.language_model)
         layers = lm.adapter.language_layers()
+        self.n_layers = len(layers)
         self.layer_inputs: list[torch.Tensor | None] = [None] * len(layers)
         self.call: dict[str, Any] = {}
+        recorder = KeyValueRecorder(len(layers))
         handles = [self.language_model.register_forward_pre_hook(self._record_call, with_kwargs=True)]
         handles.append(self.language_model.register_forward_hook(self._record_output))
         handles += [
@@ -44,11 +82,16 @@ class CleanRun:
             for i, layer in enumerate(layers)
         ]
         try:
-            with torch.no_grad():
-                self.cache = lm.model(**inputs, use_cache=True, logits_to_keep=1).past_key_values
+            with (
+                torch.no_grad(),
+                language_attention(lm.model),
+                active_handler(recorder, expected_calls=len(layers)),
+            ):
+                lm.model(**inputs, use_cache=False, logits_to_keep=1)
         finally:
             for handle in handles:
                 handle.remove()
+        self.keys, self.values = recorder.keys, recorder.values
         self.logits = self._head(self.final_hidden)[0]
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -60,9 +103,9 @@ class CleanRun:
         self.final_hidden = output.last_hidden_state.detach()
 
     def _record_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.call = dict(kwargs)
         if args:
             raise RuntimeError("the language model was called with positional arguments; cannot resume it")
+        self.call = compat.replayable_call(kwargs)
 
     def _record_layer(self, index: int):
         def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -78,43 +121,66 @@ class CleanRun:
         """Logits at `last` (B, vocab) with knockout b on batch element b, recomputing layers >= `start` at positions >= `position`.
 
         `position` must not exceed any condition's `first_changed_position` (0 recomputes every position).
+        With `canary` on, a clean row joins the batch (unless one is given) and must reproduce the clean logits.
         """
+        conditions = list(conditions)
+        canary_row = next((i for i, c in enumerate(conditions) if c is None), None)
+        added = self.canary and canary_row is None
+        if added:
+            canary_row = len(conditions)
+            conditions.append(None)
+        logits = self._forward_from(start, conditions, position)
+        if self.canary:
+            self._check_canary(logits[canary_row], start, position)
+        return logits[:-1] if added else logits
+
+    def _forward_from(
+        self, start: int, conditions: list[CompiledKnockout | None], position: int
+    ) -> torch.Tensor:
         batch, t = len(conditions), self.layout.seq_len
-        kwargs = {key: _expand_batch(value, batch) for key, value in self.call.items() if key not in _DROP}
-        kwargs["inputs_embeds"] = _expand_batch(self.layer_inputs[start][:, position:], batch)
+        kwargs = {key: compat.expand_batch(value, batch) for key, value in self.call.items()}
+        kwargs["inputs_embeds"] = compat.expand_batch(self.layer_inputs[start][:, position:], batch)
         kwargs["use_cache"] = position > 0
+        cache = None
         if position > 0:
-            kwargs["past_key_values"] = self._cache_until(position, batch)
-            kwargs["cache_position"] = torch.arange(position, t, device=self.logits.device)
+            cache = compat.prefix_cache(self.keys, self.values, position, batch, first_layer=start)
+            kwargs[self.cache_keyword] = cache
             kwargs["position_ids"] = self._position_ids(position, batch)
         if (
             self.call.get("deepstack_visual_embeds") is not None
-        ):  # Qwen3-VL: features added after the first blocks
+        ):  # Qwen3-VL: features added after early blocks
             kwargs.update(self._deepstack(start, position, batch))
-        handler = EdgeMask(conditions)
         with (
-            language_attention(self.lm.model, self.lm.adapter.text_config),
-            active_handler(handler),
-            _layers_from(self.language_model, start),
+            language_attention(self.lm.model),
+            active_handler(EdgeMask(conditions), expected_calls=self.n_layers - start),
+            compat.decoder_layers_from(self.language_model, start),
         ):
             hidden = self.language_model(**kwargs).last_hidden_state
+        if cache is not None and compat.cache_length(cache, start) != t:
+            raise compat.CompatError(
+                "KV-cache hand-off",
+                f"after a forward resumed at position {position} the cache holds "
+                f"{compat.cache_length(cache, start)} positions instead of {t}: the language model ignored "
+                f"the cache passed as `{self.cache_keyword}=`",
+            )
         return self._head(hidden)
 
-    def _cache_until(self, position: int, batch: int) -> Any:
-        """A copy of the clean KV cache holding positions < `position`, repeated over the batch."""
-        cache = copy.deepcopy(self.cache)
-        remove = position - cache.get_seq_length()
-        if remove < 0:
-            cache.crop(remove)  # transformers 5: a negative count of tokens to drop from the end
-        if batch > 1:
-            cache.batch_repeat_interleave(batch)
-        return cache
+    def _check_canary(self, row: torch.Tensor, start: int, position: int) -> None:
+        """The clean row of a resumed batch must reproduce the clean logits within the dtype's rounding."""
+        error = float((row - self.logits).abs().max())
+        tolerance = canary_tolerance(self.lm.dtype, self.logits)
+        if not error <= tolerance:
+            raise compat.CompatError(
+                "resumed forward (clean-row canary)",
+                f"a clean row resumed at layer {start}, position {position} differs from the clean run by "
+                f"{error:.3g} in logits (tolerance {tolerance:.3g}): knockout numbers would be wrong",
+            )
 
     def _position_ids(self, position: int, batch: int) -> torch.Tensor:
         ids = self.call.get("position_ids")
         if ids is None:
             ids = torch.arange(self.layout.seq_len, device=self.logits.device)[None]
-        return _expand_batch(ids[..., position:], batch)
+        return compat.expand_batch(compat.position_suffix(ids, position), batch)
 
     def _deepstack(self, start: int, position: int, batch: int) -> dict[str, Any]:
         """Qwen3-VL DeepStack inputs for layers >= `start` and positions >= `position`."""
@@ -125,31 +191,4 @@ class CleanRun:
         embeds = embeds[start:]
         if not embeds or not bool(kept.any()):
             return {"deepstack_visual_embeds": None, "visual_pos_masks": None}
-        return {"deepstack_visual_embeds": embeds, "visual_pos_masks": _expand_batch(kept, batch)}
-
-
-_DROP = {"inputs_embeds", "input_ids", "past_key_values", "use_cache", "return_dict", "cache_position"}
-
-
-def _expand_batch(value: Any, batch: int) -> Any:
-    """Repeat a batch-1 tensor argument to `batch` along its batch axis (axis 0, or 1 for M-RoPE position ids)."""
-    if not isinstance(value, torch.Tensor) or batch == 1:
-        return value
-    if (
-        value.dim() == 3 and value.shape[1] == 1 and value.shape[0] in (3, 4)
-    ):  # (3|4, 1, T) M-RoPE position ids
-        return value.expand(value.shape[0], batch, *value.shape[2:])
-    if value.shape[0] == 1:
-        return value.expand(batch, *value.shape[1:])
-    return value
-
-
-@contextlib.contextmanager
-def _layers_from(language_model: nn.Module, start: int) -> Iterator[None]:
-    """Temporarily cut the language model's decoder layers to `layers[start:]` (layer_idx stays the original)."""
-    layers = language_model.layers
-    language_model.layers = nn.ModuleList(list(layers)[start:])
-    try:
-        yield
-    finally:
-        language_model.layers = layers
+        return {"deepstack_visual_embeds": embeds, "visual_pos_masks": compat.expand_batch(kept, batch)}

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from flowlens import compat
 from flowlens.data.sample import Sample
 from flowlens.data.video import Frames, read_frames
 from flowlens.errors import LayoutError
@@ -99,7 +100,7 @@ class VideoAdapter:
 
     def language_model(self) -> nn.Module:
         """The decoder stack (embeddings excluded from its call, final norm included)."""
-        return self.model.model.language_model
+        return compat.decoder(self.model)
 
     def language_layers(self) -> nn.ModuleList:
         """The decoder layers of the language model (the ones flowlens traces and intervenes on)."""
@@ -107,7 +108,7 @@ class VideoAdapter:
 
     def output_head(self) -> nn.Module:
         """The unembedding applied to the language model's final (normed) hidden state."""
-        return self.model.lm_head
+        return compat.output_head(self.model)
 
     # -- inputs ----------------------------------------------------------------
     def placeholder_token_id(self) -> int:
