@@ -4,16 +4,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT := artifacts/demo
+LOCK := requirements/lock.txt
+PYTEST := python -m pytest -q -n 2 --dist loadfile
+# Where `make test-latest` / `make test-oldest` build their throwaway environments.
+RANGE_VENV ?= /tmp/flowlens-range-venv
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv lock demo test test-latest test-oldest lint bench clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The locked, tested set (requirements/lock.txt), then flowlens itself without re-resolving anything.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Re-resolve the lock from pyproject.toml (newest releases within its ranges and requirements/lock-caps.txt).
+lock: venv
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 -c requirements/lock-caps.txt \
+		--custom-compile-command "make lock" -o $(LOCK)
 
 DEMO_MODEL ?= toy
 
@@ -23,7 +35,23 @@ demo: venv
 	@echo "demo: run file, report and layout in $(DEMO_OUT)/ (open $(DEMO_OUT)/report.html)"
 
 test: venv
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/$(PYTEST)
+
+# The supported range, each in a throwaway venv: the newest release of every dependency (no caps) ...
+test-latest: venv
+	$(BIN)/python -m pip install --quiet uv
+	rm -rf $(RANGE_VENV)-latest && $(BIN)/uv venv --quiet --python $(PYTHON) $(RANGE_VENV)-latest
+	$(BIN)/uv pip install --quiet --python $(RANGE_VENV)-latest/bin/python --upgrade -e ".[dev]"
+	$(BIN)/uv pip freeze --python $(RANGE_VENV)-latest/bin/python | grep -iE '^(torch|torchvision|transformers|transformer-lens|nnsight|numpy)=='
+	FLOWLENS_CACHE=$(RANGE_VENV)-latest/cache $(RANGE_VENV)-latest/bin/$(PYTEST)
+
+# ... and the lowest release pyproject.toml allows of every direct dependency.
+test-oldest: venv
+	$(BIN)/python -m pip install --quiet uv
+	rm -rf $(RANGE_VENV)-oldest && $(BIN)/uv venv --quiet --python $(PYTHON) $(RANGE_VENV)-oldest
+	$(BIN)/uv pip install --quiet --python $(RANGE_VENV)-oldest/bin/python --resolution lowest-direct -e ".[dev]"
+	$(BIN)/uv pip freeze --python $(RANGE_VENV)-oldest/bin/python | grep -iE '^(torch|torchvision|transformers|transformer-lens|nnsight|numpy)=='
+	FLOWLENS_CACHE=$(RANGE_VENV)-oldest/cache $(RANGE_VENV)-oldest/bin/$(PYTEST)
 
 lint: venv
 	$(BIN)/ruff check .
