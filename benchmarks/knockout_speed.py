@@ -69,3 +69,50 @@ if __name__ == "__main__":
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     bench_knockout_speed()
+
+
+def bench_canary_cost(
+    layers: int = 32,
+    window: int = 9,
+    batch_size: int = 32,
+    repeats: int = 3,
+    presets: tuple = ("cross-frame", "vql-to-ql"),
+) -> dict:
+    """The Map the Flow sweep (every preset curve x every window) with and without the clean-row canaries,
+    on the benchmark model at the paper's size (8 frames x 144 tokens, ~1,250 tokens)."""
+    from benchmarks.models import bench_llava_next_video
+    from flowlens.analyses.knockout import SweepOptions, conditions_for, run_conditions
+    from flowlens.data.probe import probe_sample
+    from flowlens.engine.resume import CleanRun
+    from flowlens.engine.spec import PRESETS
+
+    torch.set_num_threads(2)
+    lm = bench_llava_next_video(layers)
+    inputs, layout = lm.prepare(probe_sample(), frames=8)
+    options = SweepOptions(window=window)
+    knockouts = [c.knockout for p in presets for c in conditions_for(PRESETS[p], layout.n_layers, options)]
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    results = {}
+    for _ in range(repeats):
+        for canary in (False, True):
+            start = time.perf_counter()
+            clean = CleanRun(lm, inputs, layout, canary=canary)
+            results[canary] = torch.stack(run_conditions(clean, layout, knockouts, batch_size))
+            seconds[canary].append(time.perf_counter() - start)
+    off, on = sorted(seconds[False])[repeats // 2], sorted(seconds[True])[repeats // 2]
+    row = {
+        "layers": layers,
+        "seq_len": layout.seq_len,
+        "presets": list(presets),
+        "conditions": len(knockouts),
+        "batch_size": batch_size,
+        "sweep_s_without_canary": off,
+        "sweep_s_with_canary": on,
+        "canary_overhead_percent": 100 * (on - off) / off,
+        "max_abs_logit_diff": float((results[True] - results[False]).abs().max()),
+    }
+    print(
+        f"canaries: {len(knockouts)} conditions in batches of {batch_size}: {off:.2f} s without, {on:.2f} s with "
+        f"({row['canary_overhead_percent']:+.1f}%)"
+    )
+    return row

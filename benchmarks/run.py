@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.knockout_speed import bench_knockout_speed
+from benchmarks.knockout_speed import bench_canary_cost, bench_knockout_speed
 from benchmarks.trace_speed import bench_trace_speed
 
 RESULTS = Path(__file__).parent / "results"
@@ -63,6 +63,10 @@ def main() -> None:
         "tiny_forward.json": {"meta": meta, "tiny_forward_8_frames": bench_tiny_forward()},
         "trace_speed.json": {"meta": meta, "trace_vs_sdpa_vs_eager": bench_trace_speed(layers=8, repeats=3)},
         "knockout_speed.json": {"meta": meta, "vql_to_ql_sweep_32_layers": bench_knockout_speed(layers=32)},
+        "canary_cost.json": {
+            "meta": meta,
+            "cross_frame_and_vql_to_ql_32_layers": bench_canary_cost(repeats=1),
+        },
     }
     for name, result in results.items():
         path = RESULTS / name

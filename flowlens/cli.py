@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ko.add_argument("--style", default="window", choices=["window", "inverse", "top_down", "bottom_up"])
     ko.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
-    ko.add_argument("--batch-size", type=int, default=16, help="knockout conditions per forward (default 16)")
+    ko.add_argument("--batch-size", type=int, default=32, help="knockout conditions per forward (default 32)")
     _add_run_options(ko, "knockout")
     ko.set_defaults(func=cmd_knockout)
 

@@ -33,7 +33,7 @@ class SweepOptions:
     style: str = "window"
     centres: list[int] | None = None  # default: every layer
     frames: int = 8
-    batch_size: int = 16
+    batch_size: int = 32  # conditions per forward; each batch adds one clean canary row (docs/knockout.md)
 
 
 @dataclass
