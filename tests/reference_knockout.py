@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from transformers import AttentionInterface
 
+from flowlens.compat import language_attention_implementation
+
 REFERENCE = "flowlens_reference_eager"
 
 
@@ -71,11 +73,5 @@ def reference_logits_per_layer(lm, inputs, layout, masks: dict) -> torch.Tensor:
         return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
     AttentionInterface.register(REFERENCE, attention)
-    cfg = lm.adapter.text_config
-    previous = cfg._attn_implementation
-    cfg._attn_implementation = REFERENCE
-    try:
-        with torch.no_grad():
-            return lm.model(**inputs, use_cache=False).logits[0, t - 1].float()
-    finally:
-        cfg._attn_implementation = previous
+    with torch.no_grad(), language_attention_implementation(lm.model, REFERENCE):
+        return lm.model(**inputs, use_cache=False).logits[0, t - 1].float()

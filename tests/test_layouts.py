@@ -132,7 +132,7 @@ def test_frame_groups_match_the_model(family):
     def grab(module, args, kwargs):
         captured.append(kwargs["inputs_embeds"].detach().clone())
 
-    handle = lm.model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    handle = lm.adapter.language_model().register_forward_pre_hook(grab, with_kwargs=True)
     try:
         base_inputs, layout = lm.prepare(make_sample(video), frames=FRAMES)
         lm.forward(base_inputs)

@@ -8,7 +8,7 @@ import torch
 from conftest import make_sample, random_video, tiny
 
 from flowlens.analyses.trace import TraceOptions, trace_sample
-from flowlens.compat import language_attention_implementation
+from flowlens.compat import attention_implementation, language_attention_implementation
 from flowlens.engine.backend import active_handler, language_attention
 from flowlens.engine.capture import CaptureOptions, FlowCapture
 
@@ -76,7 +76,7 @@ def test_logits_equal_sdpa(family):
             flowlens_logits = lm.model(**inputs).logits
     assert capture.frame_flow().shape[0] == layout.n_layers
     torch.testing.assert_close(flowlens_logits, sdpa, atol=1e-4, rtol=0)
-    assert lm.adapter.text_config._attn_implementation == "sdpa"  # restored
+    assert attention_implementation(lm.adapter.text_config) == "sdpa"  # restored
 
 
 def test_residuals_and_answer(traced):

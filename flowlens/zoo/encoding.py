@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from flowlens import compat
 from flowlens.data.sample import Sample
 
 
@@ -173,4 +174,4 @@ def last_logits(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         pixel_values_videos=inputs["pixel_values_videos"],
     )
     hidden = out.last_hidden_state[torch.arange(len(inputs["last"])), inputs["last"]]
-    return model.lm_head(hidden)
+    return compat.output_head(model)(hidden)

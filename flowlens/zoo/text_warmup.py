@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowlens import compat
 from flowlens.data.draw import COLORS, SHAPES
 from flowlens.data.sample import OPTION_LETTERS, Sample
 from flowlens.data.synthetic import COUNT_WORDS
@@ -67,9 +68,9 @@ def make_batch(lm: Any, rng: np.random.Generator, size: int) -> dict[str, torch.
 
 def text_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Vocabulary logits at `last` from the language model alone (no vision tower)."""
-    hidden = model.model.language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    hidden = compat.decoder(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     rows = torch.arange(len(batch["last"]))
-    return model.lm_head(hidden.last_hidden_state[rows, batch["last"]])
+    return compat.output_head(model)(hidden.last_hidden_state[rows, batch["last"]])
 
 
 def text_warmup(

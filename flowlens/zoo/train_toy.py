@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowlens import compat
 from flowlens.data import read_jsonl, synthetic
 from flowlens.models.base import VideoLM
 from flowlens.models.llava_next_video import LlavaNextVideoAdapter
@@ -164,7 +165,7 @@ def training_loss(
             pixel_values_videos=inputs["pixel_values_videos"],
         ).last_hidden_state
         rows = torch.arange(len(index))
-        logits = model.lm_head(hidden[rows, inputs["last"]]).float()
+        logits = compat.output_head(model)(hidden[rows, inputs["last"]]).float()
         letter = ce(logits, data.targets[index])
         if weight <= 0:
             return letter, letter
@@ -173,7 +174,7 @@ def training_loss(
         if cfg.frame_targets and framed.any():
             ends = frame_ends(inputs["input_ids"][framed], model.config.video_token_id, cfg.frames)[:, 1:]
             rows = torch.arange(int(framed.sum()))[:, None]
-            frame_logits = model.lm_head(hidden[framed][rows, ends]).float()
+            frame_logits = compat.output_head(model)(hidden[framed][rows, ends]).float()
             words = data.frame_words[index][framed].repeat_interleave(ends.shape[1])
             loss = loss + weight * ce(frame_logits.flatten(0, 1), words)
     return loss, letter
