@@ -326,7 +326,7 @@ def cmd_pathways(args: argparse.Namespace) -> int:
         raise FlowlensError("give exactly one of --rules FILE.yaml or --auto")
     samples = _load_samples(args)
     lm = _load(args)
-    options = PathwayOptions(frames=args.frames, seed=args.random_seed)
+    options = PathwayOptions(frames=args.frames, seed=args.random_seed, random_control=args.random_control)
     extra = _dataset_config(args, _use_dataset_template(lm, samples, args))
     common = {"resume": args.resume, "overwrite": args.overwrite, "config_extra": extra}
     if args.auto:
@@ -447,7 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="--auto: keep an edge group where its knockout drops p(prediction) by more than this %%",
     )
     pw.add_argument("--window", type=int, default=9, help="--auto: knockout window of the sweep (default 9)")
-    pw.add_argument("--random-seed", type=int, default=0, help="seed of the random-blocking control")
+    pw.add_argument("--random-seed", type=int, default=0, help="seed of the random-blocking controls")
+    pw.add_argument(
+        "--random-control",
+        choices=["uniform", "per-layer"],
+        default="uniform",
+        help="which control is reported as `random`: uniform (the paper's: int(r*N(N+1)/2) pairs in every "
+        "layer) or per-layer (as many as the pathway blocks in each layer); the other runs too, as "
+        "random_<name>",
+    )
     pw.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
     _add_run_options(pw, "pathways")
     pw.set_defaults(func=cmd_pathways)

@@ -118,7 +118,10 @@ def test_auto_pathways_cli(tmp_path, capsys):
     )
     assert code == 0
     table = flowlens.open_run(tmp_path).table("pathways")
-    assert set(table["condition"]) == {"full", "pathways@0", "random@0", "pathways@50", "random@50"}
+    assert set(table["condition"]) == {
+        "full",
+        *(f"{name}@{t}" for t in (0, 50) for name in ("pathways", "random", "random_per_layer")),
+    }
     kept = table.groupby("condition")["kept_fraction"].mean()
     assert kept["full"] == 1.0 and kept["pathways@0"] == pytest.approx(kept["random@0"], abs=1e-3)
     assert "edges kept" in capsys.readouterr().out

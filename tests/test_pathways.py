@@ -10,7 +10,13 @@ from reference_knockout import reference_logits_per_layer, reference_pathway_mas
 
 from flowlens.analyses.pathways import PathwayOptions, pathways_sample
 from flowlens.engine.masks import CompiledKnockout
-from flowlens.engine.pathways import RuleTable, edge_counts, map_the_flow_rules, random_control
+from flowlens.engine.pathways import (
+    RuleTable,
+    edge_counts,
+    map_the_flow_rules,
+    per_layer_allowed,
+    random_control,
+)
 from flowlens.engine.resume import CleanRun
 from flowlens.engine.spec import Block, Knockout
 
@@ -47,18 +53,31 @@ def test_edge_accounting_matches_hand_counts(prepared):
     assert kept == full - 2 * cross
 
 
-def test_random_control_blocks_as_many_pairs_after_the_video(prepared):
+def test_random_controls_block_as_many_pairs_after_the_video(prepared):
     _, _, layout = prepared
     knockouts = map_the_flow_rules(layout.n_layers, (0, 1), (0, 2), (1, 2)).knockouts(layout.n_layers)
     kept, total = edge_counts(layout, knockouts)
-    control = random_control(layout, knockouts, seed=3)
+    n = layout.seq_len
+    full = n * (n + 1) // 2
+    # the paper's (default): int(r * N(N+1)/2) pairs in every layer, r = the pathway's suppressed fraction
+    uniform = random_control(layout, knockouts, seed=3)
+    per_layer_blocked = [int((~c.allowed).tril().sum()) for c in uniform]
+    assert per_layer_blocked == [int((1 - kept / total) * full)] * layout.n_layers
+    # the alternative: as many pairs as the pathway blocks in each layer
+    per_layer = random_control(layout, knockouts, seed=3, mode="per-layer")
+    pathway_blocked = [full - int(a.sum()) for a in per_layer_allowed(layout, knockouts)]
+    assert {min(c.layers): int((~c.allowed).tril().sum()) for c in per_layer} == {
+        layer: b for layer, b in enumerate(pathway_blocked) if b
+    }
+    assert len(set(pathway_blocked)) > 1  # the two controls really differ on this rule table
+    control = per_layer
     blocked = sum(int((~c.allowed).tril().sum()) for c in control)
     assert blocked == total - kept
     first = int(layout["video"][0])
     for c in control:
         q, k = torch.nonzero(~c.allowed & torch.ones_like(c.allowed).tril()).T
         assert (q >= first).all() and (k >= first).all()
-    again = random_control(layout, knockouts, seed=3)
+    again = random_control(layout, knockouts, seed=3, mode="per-layer")
     assert all(torch.equal(a.allowed, b.allowed) for a, b in zip(control, again, strict=True))
 
 
@@ -90,6 +109,7 @@ def test_pathways_sample_rows(prepared):
         lm, make_sample(random_video(frames=FRAMES)), rules, PathwayOptions(frames=FRAMES)
     )
     rows = result.rows
-    assert rows["condition"] == ["full", "pathways", "random"]
-    assert rows["kept_fraction"][0] == 1.0 and rows["kept_fraction"][1] == rows["kept_fraction"][2] < 1.0
+    assert rows["condition"] == ["full", "pathways", "random", "random_per_layer"]
+    assert rows["kept_fraction"][0] == 1.0 and rows["kept_fraction"][1] == rows["kept_fraction"][3] < 1.0
+    assert rows["kept_fraction"][2] == pytest.approx(rows["kept_fraction"][1], abs=1e-3)  # int() rounding
     assert rows["predicted"][0] == result.clean.predicted

@@ -78,7 +78,7 @@ def test_report_figures_hold_the_means(run_path: Path, layout: TokenLayout) -> N
     mean = flows.mean(axis=0)  # (L, F, F): mean over heads, then samples
     frame = figures["frame-flow"]
     steps = frame["layout"]["sliders"][0]["steps"]
-    assert [step["label"] for step in steps] == [str(layer) for layer in range(n_layers)]
+    assert [step["label"] for step in steps] == [str(layer + 1) for layer in range(n_layers)]  # 1-based
     for layer, step in enumerate(steps):
         np.testing.assert_allclose(decode(step["args"][0]["z"][0]), mean[layer])
     np.testing.assert_allclose(decode(frame["data"][0]["z"]), mean[0])

@@ -326,6 +326,8 @@ def test_tables(tmp_path: Path, layout: TokenLayout) -> None:
         "answer",
         "predicted",
         "correct",
+        "predicted_letter",
+        "correct_letter",
         "p_A",
         "p_B",
         "p_C",

@@ -261,7 +261,7 @@ def test_failed_rows_write_is_rolled_back(
         monkeypatch.setattr(rows, "write_table", write_then_fail)
         with pytest.raises(OSError, match="No space left"):
             writer.write_rows("s1", layout, answer(), "knockout", knockout_columns(1))
-        with pytest.raises(ValueError, match="predicted 'E' is not in"):
+        with pytest.raises(ValueError, match="predicted letter 'E' is not in"):
             writer.write_rows("s2", layout, answer("E"), "knockout", knockout_columns(2))
         monkeypatch.undo()
         with pytest.raises(FlowlensError, match="already in"):
@@ -331,7 +331,8 @@ def reference_summary(df: pd.DataFrame, seed: int, n_boot: int) -> dict[tuple[st
             "mean_rel_pred": float(np.mean(list(value.values()))) if value else np.nan,
             "ci_low": float(np.percentile(replicates, 2.5)) if len(replicates) else np.nan,
             "ci_high": float(np.percentile(replicates, 97.5)) if len(replicates) else np.nan,
-            "knockout_accuracy": float(part["new_correct"].mean()),
+            "knockout_accuracy": float((part["base_correct"] & part["new_correct"]).mean()),
+            "knockout_accuracy_any": float(part["new_correct"].mean()),
         }
     return out
 
@@ -355,11 +356,14 @@ def test_summarize_knockout_matches_an_independent_computation() -> None:
         "curve",
         "layer",
         "n",
+        "n_labelled",
+        "n_unlabelled",
         "n_correct",
         "mean_rel_pred",
         "ci_low",
         "ci_high",
         "knockout_accuracy",
+        "knockout_accuracy_any",
     ]
     assert summary["curve"].tolist() == [c for c in pd.unique(df["curve"]) for _ in range(5)]
     assert summary["layer"].tolist() == list(range(5)) * 2
@@ -401,6 +405,29 @@ def test_bootstrap_ci_matches_the_normal_approximation() -> None:
     assert row["ci_low"] == pytest.approx(values.mean() - half, abs=0.1 * half)
     assert row["ci_high"] == pytest.approx(values.mean() + half, abs=0.1 * half)
     assert row["knockout_accuracy"] == 0.25 and row["n"] == row["n_correct"] == 400
+
+
+def test_knockout_accuracy_is_the_papers_and_flips_are_a_named_alternative() -> None:
+    """12 samples: 2 stay correct, 2 baseline-wrong ones flip to correct (paper: 2/12; flips counted: 4/12);
+    2 more samples without a ground truth count in neither."""
+    base = [True] * 4 + [False] * 8 + [False, True]
+    new = [True, True, False, False, True, True] + [False] * 6 + [True, True]
+    labelled = [True] * 12 + [False] * 2
+    df = pd.DataFrame(
+        {
+            "sample": [f"s{i}" for i in range(14)],
+            "curve": "video->last",
+            "layer": 0,
+            "rel_pred": -10.0,
+            "labelled": labelled,
+            "base_correct": np.asarray(base) & labelled,
+            "new_correct": np.asarray(new) & labelled,
+        }
+    )
+    row = summarize_knockout(df, n_boot=10).iloc[0]
+    assert row["knockout_accuracy"] == pytest.approx(2 / 12)  # 16.7 %, the paper's
+    assert row["knockout_accuracy_any"] == pytest.approx(4 / 12)  # 33.3 %, what flowlens reported before
+    assert row["n"] == 14 and row["n_labelled"] == 12 and row["n_unlabelled"] == 2
 
 
 def test_summarize_knockout_edge_cases() -> None:
@@ -470,18 +497,20 @@ def test_report_knockout_figures_hold_the_summary(tmp_path: Path, layout: TokenL
         rows = summary[summary["curve"] == curve]
         line = next(t for t in change["data"] if t.get("name") == plotly_text(curve))
         np.testing.assert_allclose(decode(line["y"]), rows["mean_rel_pred"])
+        np.testing.assert_array_equal(decode(line["x"]), rows["layer"] + 1)  # 1-based centre, as the paper
         band = next(t for t in change["data"] if t.get("fill") and t["legendgroup"] == plotly_text(curve))
         np.testing.assert_allclose(decode(band["y"]), [*rows["ci_high"], *rows["ci_low"][::-1]])
         accuracy = next(t for t in figures["knockout-accuracy"]["data"] if t["name"] == plotly_text(curve))
         np.testing.assert_allclose(decode(accuracy["y"]), 100 * rows["knockout_accuracy"].to_numpy())
     assert [s["y0"] for s in change["layout"]["shapes"]] == [0.0]  # the zero line
+    assert "1-based" in change["layout"]["xaxis"]["title"]["text"]
     assert figures["knockout-accuracy"]["layout"]["shapes"][0]["y0"] == pytest.approx(100 * 5 / 6)
     assert context["knockout"]["clean_accuracy"] == pytest.approx(5 / 6)
     curves = {row["curve"]: row for row in context["knockout"]["curves"]}
     evil = summary[summary["curve"] == EVIL_CURVE]
     assert curves[EVIL_CURVE]["n"] == 6 and curves[EVIL_CURVE]["n_correct"] == 5
     assert curves[EVIL_CURVE]["drop"] == pytest.approx(evil["mean_rel_pred"].min())
-    assert curves[EVIL_CURVE]["drop_layer"] == int(evil.loc[evil["mean_rel_pred"].idxmin(), "layer"])
+    assert curves[EVIL_CURVE]["drop_layer"] == int(evil.loc[evil["mean_rel_pred"].idxmin(), "layer"]) + 1
     pathways = {row["condition"]: row for row in context["pathways"]["rows"]}
     assert list(pathways) == ["full", "pathways", "random"]
     assert pathways["pathways"]["accuracy"] == pytest.approx(2 / 3) and pathways["random"]["accuracy"] == 0

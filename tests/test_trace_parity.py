@@ -91,10 +91,16 @@ def test_residuals_and_answer(traced):
         means = np.stack([h[layout[f]].mean(0) for f in frames])
         np.testing.assert_allclose(trace.resid_frame_mean[layer], means, rtol=2e-3, atol=2e-3)
     np.testing.assert_allclose(trace.resid_video[1], hidden[2][layout["video"]], rtol=2e-3, atol=2e-3)
-    probs = torch.softmax(eager.logits[0, -1].double(), -1)[layout.option_token_ids].numpy()
+    everything = torch.softmax(eager.logits[0, -1].double(), -1)
+    probs = everything[layout.option_token_ids].numpy()
     np.testing.assert_allclose(trace.answer.probs, probs, atol=1e-6)
-    assert trace.answer.predicted == "ABCD"[int(np.argmax(probs))]
+    # the paper's answer: argmax over the whole vocabulary, decoded; the letter-restricted one beside it
+    top = int(everything.argmax())
+    expected = "ABCD"[layout.option_token_ids.index(top)] if top in layout.option_token_ids else None
+    assert trace.answer.predicted == (expected or lm.tokenizer.decode([top]).strip())
     assert trace.answer.correct == (trace.answer.predicted == "B")
+    assert trace.answer.predicted_letter == "ABCD"[int(np.argmax(probs))]
+    assert trace.answer.correct_letter == (trace.answer.predicted_letter == "B")
 
 
 @pytest.mark.parametrize("mask_kind", ["none", "causal", "padded", "additive"])

@@ -1,20 +1,20 @@
-"""Multiple-choice accuracy from the option-letter probabilities at the `last` position, per sample and task."""
+"""Multiple-choice accuracy per sample and task: the answer at `last` as the paper reads it (argmax over the
+whole vocabulary, fp32 head), with the letter-restricted answer as `prediction_letter` / `accuracy_letter`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 
 from flowlens.analyses.frames import FrameTransform, blank_frames, shuffled_frames, transformed_frames
+from flowlens.analyses.readout import answer_readout, last_logits
 from flowlens.data.sample import Sample
 from flowlens.errors import FlowlensError
 
 NO_TASK = "-"
-SUMMARY_COLUMNS = ["task", "n", "correct", "accuracy", "chance", "mean_p_answer", "failed"]
+SUMMARY_COLUMNS = ["task", "n", "correct", "accuracy", "accuracy_letter", "chance", "mean_p_answer", "failed"]
 
 
 @dataclass
@@ -40,13 +40,6 @@ class EvalResult:
             "summary": summary.to_dict(orient="records"),
             "failures": self.failures,
         }
-
-
-def option_probabilities(lm: Any, inputs: Any, layout: Any) -> np.ndarray:
-    """Softmax over the option letters' logits as the next token after the prompt (at `last`)."""
-    logits = lm.forward(inputs, logits_to_keep=1).logits[0, -1].float()
-    letter_logits = logits[torch.as_tensor(layout.option_token_ids, device=logits.device)]
-    return torch.softmax(letter_logits, dim=-1).cpu().numpy()
 
 
 def evaluate(
@@ -97,7 +90,20 @@ def evaluate(
 
 def _score_columns() -> dict[str, None]:
     return dict.fromkeys(
-        ["id", "task", "answer", "prediction", "correct", "p_answer", "probs", "n_options", "chance", "error"]
+        [
+            "id",
+            "task",
+            "answer",
+            "prediction",
+            "correct",
+            "prediction_letter",
+            "correct_letter",
+            "p_answer",
+            "probs",
+            "n_options",
+            "chance",
+            "error",
+        ]
     )
 
 
@@ -107,23 +113,27 @@ def _score(lm: Any, sample: Sample, frames: int) -> dict[str, Any]:
     row.update(id=sample.id, task=str(sample.metadata.get("task", NO_TASK)))
     try:
         inputs, layout = lm.prepare(sample, frames=frames)
-        probs = option_probabilities(lm, inputs, layout)
+        readout = answer_readout(last_logits(lm, inputs), layout, lm.tokenizer)
     except Exception as exc:  # a bad video or prompt must not stop the run; the reason is recorded
         reason = str(exc) if isinstance(exc, FlowlensError) else f"{type(exc).__name__}: {exc}"
         row["error"] = reason or type(exc).__name__
         return row
     letters = layout.option_letters
-    prediction = letters[int(np.argmax(probs))]
     answer = layout.answer_letter
     row.update(
-        prediction=prediction,
-        probs={x: round(float(p), 6) for x, p in zip(letters, probs, strict=True)},
+        prediction=readout.predicted,
+        prediction_letter=readout.predicted_letter,
+        probs={x: round(float(p), 6) for x, p in zip(letters, readout.probs, strict=True)},
         n_options=len(letters),
         chance=1.0 / len(letters),
         answer=answer,
     )
     if answer is not None:
-        row.update(correct=prediction == answer, p_answer=float(probs[letters.index(answer)]))
+        row.update(
+            correct=readout.correct,
+            correct_letter=readout.correct_letter,
+            p_answer=float(readout.probs[letters.index(answer)]),
+        )
     return row
 
 
@@ -139,11 +149,13 @@ def _summary_row(task: str, group: pd.DataFrame) -> dict[str, Any]:
     scored = group[group["correct"].notna()]
     n = len(scored)
     correct = int(scored["correct"].astype(bool).sum())
+    correct_letter = int(scored["correct_letter"].astype(bool).sum())
     return {
         "task": task,
         "n": n,
         "correct": correct,
         "accuracy": correct / n if n else float("nan"),
+        "accuracy_letter": correct_letter / n if n else float("nan"),
         "chance": float(scored["chance"].mean()) if n else float("nan"),
         "mean_p_answer": float(scored["p_answer"].mean()) if n else float("nan"),
         "failed": int(group["error"].notna().sum()),

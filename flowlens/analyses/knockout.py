@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from flowlens.analyses.trace import answer_readout, check_context
+from flowlens.analyses.readout import answer_readout
+from flowlens.analyses.trace import check_context
 from flowlens.data.sample import Sample
 from flowlens.engine.masks import CompiledKnockout
 from flowlens.engine.resume import CleanRun
@@ -102,15 +103,18 @@ def _option_logit_diff(logits: torch.Tensor, ids: list[int], gt: int | None) -> 
 
 @torch.no_grad()
 def sweep_sample(lm: VideoLM, sample: Sample, block_set: BlockSet, options: SweepOptions) -> SampleSweep:
-    """The clean run and every condition of `block_set` for one sample, as rows."""
+    """The clean run and every condition of `block_set` for one sample, as rows (docs/knockout.md lists them)."""
     sample.validate(require_options=True)
     inputs, layout = lm.prepare(sample, frames=options.frames)
     check_context(lm, layout)
     clean = CleanRun(lm, inputs, layout)
-    readout = answer_readout(clean.logits, layout)
+    readout = answer_readout(clean.logits, layout, lm.tokenizer)
     letters, ids = layout.option_letters, layout.option_token_ids
-    pred_id = ids[letters.index(readout.predicted)]
-    gt = letters.index(layout.answer_letter) if layout.answer_letter is not None else None
+    pred_id = int(
+        clean.logits.argmax()
+    )  # the clean prediction over the whole vocabulary (the paper's answer_t)
+    labelled = layout.answer_letter is not None
+    gt = letters.index(layout.answer_letter) if labelled else None
     log_base = torch.log_softmax(clean.logits, -1)
     base = log_base.exp()
     conditions = conditions_for(block_set, layout.n_layers, options)
@@ -119,11 +123,10 @@ def sweep_sample(lm: VideoLM, sample: Sample, block_set: BlockSet, options: Swee
     for condition, new_logits in zip(conditions, logits, strict=True):
         log_new = torch.log_softmax(new_logits, -1)
         new = log_new.exp()
-        option_probs = new[ids]
-        new_answer = letters[int(option_probs.argmax())]
+        new_readout = answer_readout(new_logits, layout, lm.tokenizer)
         p_base_pred, p_new_pred = float(base[pred_id]), float(new[pred_id])
-        p_base_gt = float(base[ids[gt]]) if gt is not None else float("nan")
-        p_new_gt = float(new[ids[gt]]) if gt is not None else float("nan")
+        p_base_gt = float(base[ids[gt]]) if labelled else float("nan")
+        p_new_gt = float(new[ids[gt]]) if labelled else float("nan")
         rows["curve"].append(condition.curve)
         rows["layer"].append(condition.centre)
         rows["layers"].append(",".join(map(str, condition.knockout.layers)))
@@ -132,10 +135,14 @@ def sweep_sample(lm: VideoLM, sample: Sample, block_set: BlockSet, options: Swee
         rows["rel_pred"].append(100.0 * (p_new_pred - p_base_pred) / p_base_pred)
         rows["p_base_gt"].append(p_base_gt)
         rows["p_new_gt"].append(p_new_gt)
-        rows["rel_gt"].append(100.0 * (p_new_gt - p_base_gt) / p_base_gt if gt is not None else float("nan"))
-        rows["new_answer"].append(new_answer)
-        rows["new_correct"].append(bool(gt is not None and new_answer == layout.answer_letter))
+        rows["rel_gt"].append(100.0 * (p_new_gt - p_base_gt) / p_base_gt if labelled else float("nan"))
+        rows["labelled"].append(labelled)
+        rows["base_answer"].append(readout.predicted)
         rows["base_correct"].append(bool(readout.correct))
+        rows["new_answer"].append(new_readout.predicted)
+        rows["new_correct"].append(bool(new_readout.correct))
+        rows["new_answer_letter"].append(new_readout.predicted_letter)
+        rows["new_correct_letter"].append(bool(new_readout.correct_letter))
         rows["kl"].append(float((base * (log_base - log_new)).sum()))
         rows["logit_diff_base"].append(_option_logit_diff(clean.logits, ids, gt))
         rows["logit_diff_new"].append(_option_logit_diff(new_logits, ids, gt))

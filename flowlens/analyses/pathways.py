@@ -12,11 +12,12 @@ import pandas as pd
 import torch
 
 from flowlens.analyses.knockout import SampleSweep, SweepOptions, sweep_sample
+from flowlens.analyses.readout import answer_readout
 from flowlens.analyses.runner import RunControl, run_analysis
-from flowlens.analyses.trace import answer_readout, check_context
+from flowlens.analyses.trace import check_context
 from flowlens.data.sample import Sample
 from flowlens.engine.masks import CompiledKnockout
-from flowlens.engine.pathways import Rule, RuleTable, edge_counts, random_control
+from flowlens.engine.pathways import RANDOM_CONTROLS, Rule, RuleTable, edge_counts, random_control
 from flowlens.engine.resume import CleanRun
 from flowlens.engine.spec import PRESETS, BlockSet, window
 from flowlens.errors import FlowlensError, SampleError
@@ -32,18 +33,34 @@ TABLE = "pathways"
 
 @dataclass
 class PathwayOptions:
+    """Settings of a pathways run; both random controls always run, `random_control` names which is `random`."""
+
     frames: int = 8
-    seed: int = 0  # of the random control
+    seed: int = 0  # of the random controls
+    random_control: str = "uniform"  # the paper's: the same number of blocked pairs in every layer
+
+    def __post_init__(self) -> None:
+        if self.random_control not in RANDOM_CONTROLS:
+            raise FlowlensError(
+                f"unknown random control {self.random_control!r}; use one of {', '.join(RANDOM_CONTROLS)}"
+            )
+
+    def control_names(self) -> dict[str, str]:
+        """Random-control mode -> condition name: the chosen one is `random`, the other `random_<mode>`."""
+        return {
+            mode: "random" if mode == self.random_control else f"random_{mode.replace('-', '_')}"
+            for mode in RANDOM_CONTROLS
+        }
 
 
 @torch.no_grad()
 def pathways_sample(
     lm: VideoLM, sample: Sample, rules: RuleTable | dict[str, RuleTable], options: PathwayOptions
 ) -> SampleSweep:
-    """Full model, then each rule table's pathways and its random control on one sample, as rows.
+    """Full model, then each rule table's pathways and both random controls on one sample, as rows.
 
     With a dict of rule tables (e.g. one per `--auto` threshold) conditions are named
-    `pathways@<key>` and `random@<key>`.
+    `pathways@<key>`, `random@<key>` and `random_per_layer@<key>` (or `random_uniform@<key>`).
     """
     sample.validate(require_options=True)
     inputs, layout = lm.prepare(sample, frames=options.frames)
@@ -56,19 +73,31 @@ def pathways_sample(
         suffix = f"@{key}" if key else ""
         knockouts = table.knockouts(layout.n_layers)
         pathway = [CompiledKnockout.compile(k, layout, clean.logits.device) for k in knockouts]
-        control = random_control(layout, knockouts, options.seed)
         kept, _ = edge_counts(layout, knockouts)
-        random_kept = total - sum(int((~c.allowed).tril().sum()) for c in control)
-        named += [(f"pathways{suffix}", pathway, kept), (f"random{suffix}", control, random_kept)]
+        named.append((f"pathways{suffix}", pathway, kept))
+        for mode, name in options.control_names().items():
+            control = random_control(layout, knockouts, options.seed, mode)
+            random_kept = total - sum(int((~c.allowed).tril().sum()) for c in control)
+            named.append((f"{name}{suffix}", control, random_kept))
     logits = clean.run_from(0, [conditions for _, conditions, _ in named])
     rows: dict[str, list[Any]] = {
         k: []
-        for k in ("condition", "kept_edges", "total_edges", "kept_fraction", "predicted", "correct", "p_gt")
+        for k in (
+            "condition",
+            "kept_edges",
+            "total_edges",
+            "kept_fraction",
+            "predicted",
+            "correct",
+            "predicted_letter",
+            "correct_letter",
+            "p_gt",
+        )
     }
     runs = [("full", clean.logits, total)]
     runs += [(name, row, kept) for (name, _, kept), row in zip(named, logits, strict=True)]
     for condition, row_logits, kept_edges in runs:
-        readout = answer_readout(row_logits, layout)
+        readout = answer_readout(row_logits, layout, lm.tokenizer)
         gt = layout.option_letters.index(layout.answer_letter) if layout.answer_letter else None
         rows["condition"].append(condition)
         rows["kept_edges"].append(kept_edges)
@@ -76,9 +105,15 @@ def pathways_sample(
         rows["kept_fraction"].append(kept_edges / total)
         rows["predicted"].append(readout.predicted)
         rows["correct"].append(bool(readout.correct))
+        rows["predicted_letter"].append(readout.predicted_letter)
+        rows["correct_letter"].append(bool(readout.correct_letter))
         rows["p_gt"].append(float(readout.probs[gt]) if gt is not None else float("nan"))
     return SampleSweep(
-        str(sample.id), layout, answer_readout(clean.logits, layout), rows, dict(sample.metadata)
+        str(sample.id),
+        layout,
+        answer_readout(clean.logits, layout, lm.tokenizer),
+        rows,
+        dict(sample.metadata),
     )
 
 

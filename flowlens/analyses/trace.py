@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
+from flowlens.analyses.readout import answer_readout, final_hidden, head_logits_fp32
 from flowlens.data.sample import Sample
 from flowlens.engine.backend import active_handler, language_attention
 from flowlens.engine.capture import CaptureOptions, FlowCapture
 from flowlens.engine.residuals import ResidualCapture
 from flowlens.errors import FlowlensError
-from flowlens.store.records import AnswerReadout, SampleTrace
+from flowlens.store.records import SampleTrace
 
 if TYPE_CHECKING:
     from flowlens.models.base import VideoLM
@@ -26,15 +26,6 @@ class TraceOptions:
 
     frames: int = 8
     video_layers: list[int] = field(default_factory=list)
-
-
-def answer_readout(logits: torch.Tensor, layout: TokenLayout) -> AnswerReadout:
-    """Option-letter probabilities at `last` (softmax over the whole vocabulary, fp32)."""
-    probs = torch.softmax(logits.float(), dim=-1)[layout.option_token_ids].cpu().numpy().astype(np.float32)
-    letters = list(layout.option_letters)
-    predicted = letters[int(np.argmax(probs))] if letters else ""
-    answer = layout.answer_letter
-    return AnswerReadout(letters, probs, predicted, answer, None if answer is None else predicted == answer)
 
 
 def check_context(lm: VideoLM, layout: TokenLayout) -> None:
@@ -57,8 +48,10 @@ def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = Non
         language_attention(lm.model),
         active_handler(capture, expected_calls=layout.n_layers),
         residuals.attached(lm.adapter.language_layers()),
+        final_hidden(lm) as grab,
     ):
-        logits = lm.model(**inputs, logits_to_keep=1).logits[0, -1]
+        lm.model(**inputs, logits_to_keep=1)
+    logits = head_logits_fp32(lm.adapter.output_head(), grab["last"])[0]
     return SampleTrace(
         sample_id=str(sample.id),
         layout=layout,
@@ -69,7 +62,7 @@ def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = Non
         resid_last=residuals.resid_last(),
         resid_frame_mean=residuals.resid_frame_mean(),
         resid_video=residuals.resid_video(),
-        answer=answer_readout(logits, layout),
+        answer=answer_readout(logits, layout, lm.tokenizer),
         metadata=_jsonable(sample.metadata),
     )
 

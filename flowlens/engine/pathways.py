@@ -137,17 +137,34 @@ def edge_counts(layout: TokenLayout, knockouts: list[Knockout]) -> tuple[int, in
     return kept, layout.n_layers * n * (n + 1) // 2
 
 
-def random_control(layout: TokenLayout, knockouts: list[Knockout], seed: int = 0) -> list[CompiledKnockout]:
-    """Per layer, block as many causal pairs as `knockouts` do, uniformly among pairs at or after the first video token."""
+RANDOM_CONTROLS = ("uniform", "per-layer")
+
+
+def random_control(
+    layout: TokenLayout, knockouts: list[Knockout], seed: int = 0, mode: str = "uniform"
+) -> list[CompiledKnockout]:
+    """Random blocking at the pathway's size, uniformly among causal pairs at or after the first video token.
+
+    `uniform` (the paper's): every layer blocks int(r * N(N+1)/2) pairs, r = the pathway's suppressed
+    fraction over all layers. `per-layer`: each layer blocks as many pairs as the pathway blocks there.
+    """
+    if mode not in RANDOM_CONTROLS:
+        raise FlowlensError(f"unknown random control {mode!r}; use one of {', '.join(RANDOM_CONTROLS)}")
     n = layout.seq_len
     first = int(layout["video"][0])
     q, k = np.tril_indices(n)
     pool = np.flatnonzero((q >= first) & (k >= first))
     rng = np.random.default_rng(seed)
     full = n * (n + 1) // 2
+    allowed = per_layer_allowed(layout, knockouts)
+    if mode == "uniform":
+        suppressed = 1.0 - sum(int(a.sum()) for a in allowed) / (layout.n_layers * full)
+        counts = [int(suppressed * full)] * layout.n_layers
+    else:
+        counts = [full - int(a.sum()) for a in allowed]
     out = []
-    for layer, allowed in enumerate(per_layer_allowed(layout, knockouts)):
-        count = min(full - int(allowed.sum()), pool.size)
+    for layer, count in enumerate(counts):
+        count = min(count, pool.size)
         if count <= 0:
             continue
         pick = rng.choice(pool, size=count, replace=False)

@@ -23,6 +23,7 @@ from torch import nn
 
 from flowlens import compat
 from flowlens.engine.backend import active_handler, language_attention
+from flowlens.engine.head import head_logits_fp32
 from flowlens.engine.masks import CompiledKnockout, EdgeMask
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class CleanRun:
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits at `last` (the final position) from final hidden states, identical for clean and knockout runs."""
         with torch.no_grad():
-            return self.lm.adapter.output_head()(hidden[:, -1:])[:, 0].float()
+            return head_logits_fp32(self.lm.adapter.output_head(), hidden[:, -1])
 
     def _record_output(self, module: nn.Module, args: tuple, output: Any) -> None:
         self.final_hidden = output.last_hidden_state.detach()

@@ -72,7 +72,7 @@ def frame_flow_figure(mean: FrameFlowMean) -> go.Figure:
     steps = [
         {
             "method": "update",
-            "label": str(layer),
+            "label": str(layer + 1),
             "args": [{"z": [values[layer]]}, {"title.text": _frame_title(layer)}],
         }
         for layer in range(n_layers)
@@ -87,7 +87,9 @@ def frame_flow_figure(mean: FrameFlowMean) -> go.Figure:
             "autorange": "reversed",
             "scaleanchor": "x",
         },
-        sliders=[{"active": 0, "currentvalue": {"prefix": "layer "}, "pad": {"t": 40}, "steps": steps}],
+        sliders=[
+            {"active": 0, "currentvalue": {"prefix": "layer (1-based) "}, "pad": {"t": 40}, "steps": steps}
+        ],
         height=620,
         margin={"l": 70, "r": 30, "t": 60, "b": 40},
     )
@@ -102,7 +104,7 @@ def edge_figure(summary: pd.DataFrame) -> go.Figure:
     )
     for i, edge in enumerate(e for e in EDGES if e in set(stats["edge"])):
         rows = stats[stats["edge"] == edge].sort_values("layer")
-        layers = rows["layer"].to_numpy()
+        layers = rows["layer"].to_numpy() + 1  # 1-based, as the paper's figures
         mean, std = rows["mean"].to_numpy(), rows["std"].fillna(0.0).to_numpy()
         color = PALETTE[i % len(PALETTE)]
         visible = True if edge in SHOWN_EDGES else "legendonly"
@@ -141,7 +143,7 @@ def edge_figure(summary: pd.DataFrame) -> go.Figure:
         title={
             "text": "Attention flow over layers (mean over heads and samples; band: ±1 SD across samples)"
         },
-        xaxis={"title": {"text": "layer"}, "dtick": 1},
+        xaxis={"title": {"text": "layer (1-based, as in the paper)"}, "dtick": 1},
         yaxis={"title": {"text": "attention mass"}, "rangemode": "tozero"},
         height=480,
         margin={"l": 70, "r": 30, "t": 60, "b": 40},
@@ -151,7 +153,7 @@ def edge_figure(summary: pd.DataFrame) -> go.Figure:
 
 
 def _frame_title(layer: int) -> str:
-    return f"Frame × frame flow, layer {layer} (mean over heads and samples)"
+    return f"Frame × frame flow, layer {layer + 1} of 1-based layers (mean over heads and samples)"
 
 
 def rgba(color: str, alpha: float) -> str:

@@ -15,13 +15,15 @@ MAX_FRACTIONS = (
     12  # more distinct kept fractions than this: one pathways row per condition, fraction averaged
 )
 _MARGIN = {"l": 70, "r": 30, "t": 60, "b": 40}
+LAYER_AXIS = "centre layer l+1 of the knocked-out window (1-based, as in the paper)"
 
 
 def change_figure(summary: pd.DataFrame) -> go.Figure:
     """Mean % change in p(clean prediction) vs centre layer, one line per curve, its bootstrap CI as a band."""
     figure = go.Figure()
     for curve, rows, color in _curves(summary):
-        layers, mean = rows["layer"].to_numpy(), rows["mean_rel_pred"].to_numpy(dtype=np.float64)
+        layers = rows["layer"].to_numpy() + 1  # 1-based, as the paper's x-axis
+        mean = rows["mean_rel_pred"].to_numpy(dtype=np.float64)
         low, high = rows["ci_low"].to_numpy(dtype=np.float64), rows["ci_high"].to_numpy(dtype=np.float64)
         band = ~(np.isnan(low) | np.isnan(high))
         figure.add_trace(
@@ -54,7 +56,7 @@ def change_figure(summary: pd.DataFrame) -> go.Figure:
     figure.update_layout(
         template=TEMPLATE,
         title={"text": "Change in the probability of the clean prediction (band: 95% bootstrap CI)"},
-        xaxis={"title": {"text": "centre layer of the knocked-out window"}, "dtick": 1},
+        xaxis={"title": {"text": LAYER_AXIS}, "dtick": 1},
         yaxis={"title": {"text": "% change in p(clean prediction)"}},
         height=480,
         margin=_MARGIN,
@@ -69,7 +71,7 @@ def accuracy_figure(summary: pd.DataFrame, clean_accuracy: float | None) -> go.F
     for curve, rows, color in _curves(summary):
         figure.add_trace(
             go.Scatter(
-                x=rows["layer"].to_numpy(),
+                x=rows["layer"].to_numpy() + 1,
                 y=100 * rows["knockout_accuracy"].to_numpy(dtype=np.float64),
                 mode="lines+markers",
                 name=plotly_text(curve),
@@ -88,8 +90,8 @@ def accuracy_figure(summary: pd.DataFrame, clean_accuracy: float | None) -> go.F
         )
     figure.update_layout(
         template=TEMPLATE,
-        title={"text": "Accuracy with the knockout applied"},
-        xaxis={"title": {"text": "centre layer of the knocked-out window"}, "dtick": 1},
+        title={"text": "Knockout accuracy (as in the paper: baseline-wrong samples count as wrong)"},
+        xaxis={"title": {"text": LAYER_AXIS}, "dtick": 1},
         yaxis={"title": {"text": "accuracy (%)"}, "range": [0, 100]},
         height=420,
         margin=_MARGIN,
@@ -105,7 +107,8 @@ def clean_accuracy(table: pd.DataFrame) -> float | None:
 
 
 def curve_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per curve: samples, baseline-correct samples, the lowest mean change and the lowest accuracy, with layers."""
+    """Per curve: samples, baseline-correct samples, the lowest mean change and the lowest accuracy, with their
+    centre layers (1-based, as the figures)."""
     out = []
     for curve, rows, _ in _curves(summary):
         change = rows.dropna(subset=["mean_rel_pred"])
@@ -118,9 +121,9 @@ def curve_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
                 "n": int(rows["n"].max()),
                 "n_correct": int(rows["n_correct"].max()),
                 "drop": None if drop is None else float(drop["mean_rel_pred"]),
-                "drop_layer": None if drop is None else int(drop["layer"]),
+                "drop_layer": None if drop is None else int(drop["layer"]) + 1,  # 1-based, as the figures
                 "accuracy": None if worst is None else float(worst["knockout_accuracy"]),
-                "accuracy_layer": None if worst is None else int(worst["layer"]),
+                "accuracy_layer": None if worst is None else int(worst["layer"]) + 1,
             }
         )
     return out

@@ -219,6 +219,10 @@ class RunWriter:
         group.attrs["predicted"] = str(answer.predicted)
         group.attrs["answer"] = json.dumps(answer.answer)
         group.attrs["correct"] = json.dumps(None if answer.correct is None else bool(answer.correct))
+        group.attrs["predicted_letter"] = str(answer.predicted_letter)
+        group.attrs["correct_letter"] = json.dumps(
+            None if answer.correct_letter is None else bool(answer.correct_letter)
+        )
         group.attrs["written"] = _now()
         data = np.frombuffer(layout.to_json().encode(), dtype=np.uint8)
         group.create_dataset(schema.LAYOUT, data=data, chunks=True, **schema.COMPRESSION)
@@ -277,11 +281,13 @@ def _checked_arrays(trace: SampleTrace) -> dict[str, np.ndarray]:
 
 
 def _checked_probs(sample_id: str, answer: AnswerReadout) -> np.ndarray:
-    """The answer's option probabilities as float32, after checking them and the prediction against its letters."""
+    """The answer's option probabilities as float32, after checking them and the letter prediction against its letters."""
     letters = list(answer.letters)
     probs = _cast(sample_id, "answer.probs", answer.probs, "float32", (len(letters),))
-    if letters and answer.predicted not in letters:
-        raise ValueError(f"sample {sample_id}: predicted {answer.predicted!r} is not in {letters}")
+    if letters and answer.predicted_letter not in letters:
+        raise ValueError(
+            f"sample {sample_id}: predicted letter {answer.predicted_letter!r} is not in {letters}"
+        )
     return probs
 
 

@@ -2,7 +2,10 @@
 
 Per (curve, centre layer): the mean % change in the probability of the clean prediction (`rel_pred`)
 over the samples whose clean prediction was correct (`base_correct`), a percentile bootstrap CI of that
-mean, and the knockout accuracy (mean of `new_correct` over all samples).
+mean, and the knockout accuracy as the paper computes it: baseline-wrong samples are skipped, so they
+count as wrong -- #{base_correct and new_correct} / #labelled samples. `knockout_accuracy_any` counts a
+baseline-wrong sample that the knockout flips to correct as correct (flowlens' earlier definition).
+Samples without a ground truth are left out of both accuracies; `n_unlabelled` says how many.
 """
 
 from __future__ import annotations
@@ -13,15 +16,29 @@ import pandas as pd
 from flowlens.errors import FlowlensError
 
 REQUIRED = ("sample", "curve", "layer", "rel_pred", "base_correct", "new_correct")
-COLUMNS = ["curve", "layer", "n", "n_correct", "mean_rel_pred", "ci_low", "ci_high", "knockout_accuracy"]
+COLUMNS = [
+    "curve",
+    "layer",
+    "n",
+    "n_labelled",
+    "n_unlabelled",
+    "n_correct",
+    "mean_rel_pred",
+    "ci_low",
+    "ci_high",
+    "knockout_accuracy",
+    "knockout_accuracy_any",
+]
 
 
 def summarize_knockout(
     df: pd.DataFrame, seed: int = 0, n_boot: int = 1000, level: float = 0.95
 ) -> pd.DataFrame:
-    """One row per (curve, layer): n, n_correct, mean_rel_pred, ci_low, ci_high, knockout_accuracy.
+    """One row per (curve, layer): n, n_labelled, n_unlabelled, n_correct, mean_rel_pred, ci_low, ci_high,
+    knockout_accuracy (the paper's), knockout_accuracy_any (flips of baseline-wrong samples counted).
 
-    `n` counts the samples with that row and `n_correct` those with `base_correct`; `mean_rel_pred`
+    `n` counts the samples with that row, `n_labelled` those with a ground truth (a `labelled` column, or a
+    known `p_base_gt` in tables written before it existed) and `n_correct` those with `base_correct`; `mean_rel_pred`
     averages `rel_pred` over the latter (NaN values skipped). The CI resamples samples, not rows: the S
     baseline-correct samples (in order of first appearance) are drawn with replacement n_boot times,
     `np.random.default_rng(seed).integers(0, S, (n_boot, S))`, the same draws for every curve and layer;
@@ -43,15 +60,17 @@ def summarize_knockout(
     group = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(df[["curve", "layer"]]))
     n_groups = len(keys)
 
-    base_correct = _truth(df["base_correct"])
-    new_correct = df["new_correct"].astype("boolean")
-    known = new_correct.notna().to_numpy()
+    labelled = _labelled(df)
+    base_correct = _truth(df["base_correct"]) & labelled
+    new_correct = _truth(df["new_correct"]) & labelled
     rel = df["rel_pred"].to_numpy(dtype=np.float64)
     use = base_correct & ~np.isnan(rel)
 
     n = np.bincount(group, minlength=n_groups)
+    n_labelled = np.bincount(group, weights=labelled, minlength=n_groups)
     n_correct = np.bincount(group, weights=base_correct, minlength=n_groups).astype(np.int64)
-    hits = np.bincount(group[known], weights=new_correct[known].to_numpy(dtype=bool), minlength=n_groups)
+    hits = np.bincount(group, weights=base_correct & new_correct, minlength=n_groups)
+    hits_any = np.bincount(group, weights=new_correct, minlength=n_groups)
     mean = _ratio(
         np.bincount(group[use], weights=rel[use], minlength=n_groups),
         np.bincount(group[use], minlength=n_groups),
@@ -70,11 +89,14 @@ def summarize_knockout(
             "curve": keys["curve"].to_numpy(dtype=object),
             "layer": keys["layer"].to_numpy(),
             "n": n.astype(np.int64),
+            "n_labelled": n_labelled.astype(np.int64),
+            "n_unlabelled": (n - n_labelled).astype(np.int64),
             "n_correct": n_correct,
             "mean_rel_pred": mean,
             "ci_low": low,
             "ci_high": high,
-            "knockout_accuracy": _ratio(hits, np.bincount(group[known], minlength=n_groups)),
+            "knockout_accuracy": _ratio(hits, n_labelled),
+            "knockout_accuracy_any": _ratio(hits_any, n_labelled),
         },
         columns=COLUMNS,
     )
@@ -113,6 +135,15 @@ def _bootstrap_ci(
     tail = 100 * (1 - level) / 2
     low[some], high[some] = np.nanpercentile(means[:, some], [tail, 100 - tail], axis=0)
     return low, high
+
+
+def _labelled(df: pd.DataFrame) -> np.ndarray:
+    """Rows of samples with a ground truth: the `labelled` column, else a known `p_base_gt`, else all."""
+    if "labelled" in df.columns:
+        return _truth(df["labelled"])
+    if "p_base_gt" in df.columns:
+        return df["p_base_gt"].notna().to_numpy()
+    return np.ones(len(df), dtype=bool)
 
 
 def _truth(series: pd.Series) -> np.ndarray:

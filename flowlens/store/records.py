@@ -16,13 +16,25 @@ from flowlens.models.layout import TokenLayout
 
 @dataclass
 class AnswerReadout:
-    """The clean run's answer at `last`: option-letter probabilities (over the whole vocabulary)."""
+    """The answer at `last`: the prediction as Map the Flow reads it, and option-letter probabilities.
+
+    `predicted` is the argmax over the whole vocabulary, decoded (an option letter, or whatever else the
+    model would say, which then counts as wrong); `predicted_letter` is the most probable option letter
+    (the letter-restricted answer). Probabilities are softmax over the whole vocabulary.
+    """
 
     letters: list[str]
     probs: np.ndarray  # (n_options,) float32, softmax over the vocabulary at `last`
-    predicted: str  # letter with the highest probability among the options
+    predicted: str  # decoded argmax token over the whole vocabulary (the paper's answer)
     answer: str | None  # ground-truth letter, if known
-    correct: bool | None
+    correct: bool | None  # predicted == answer
+    predicted_letter: str = ""  # option letter with the highest probability (letter-restricted answer)
+    correct_letter: bool | None = None  # predicted_letter == answer
+
+    def __post_init__(self) -> None:
+        if not self.predicted_letter and self.letters:  # records from before the vocabulary-wide answer
+            self.predicted_letter = self.predicted
+            self.correct_letter = self.correct
 
 
 @dataclass

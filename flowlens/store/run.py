@@ -145,6 +145,8 @@ class Run:
             predicted=str(group.attrs["predicted"]),
             answer=json.loads(group.attrs["answer"]),
             correct=json.loads(group.attrs["correct"]),
+            predicted_letter=str(group.attrs.get("predicted_letter", "")),
+            correct_letter=json.loads(group.attrs.get("correct_letter", "null")),
         )
 
     def array(self, sample_id: str, name: str) -> np.ndarray:

@@ -65,7 +65,8 @@ def flow_summary(run: Run) -> pd.DataFrame:
 
 
 def answers(run: Run) -> pd.DataFrame:
-    """sample, task, answer, predicted, correct, p_<letter>...: the clean answer readout per sample."""
+    """sample, task, answer, predicted, correct, predicted_letter, correct_letter, p_<letter>...: the clean
+    answer per sample (`predicted`: argmax over the vocabulary, as the paper; `_letter`: over the options)."""
     rows, letters = [], set()
     for sample in run.samples:
         readout = run.answer(sample)
@@ -76,13 +77,26 @@ def answers(run: Run) -> pd.DataFrame:
             "answer": readout.answer,
             "predicted": readout.predicted,
             "correct": readout.correct,
+            "predicted_letter": readout.predicted_letter,
+            "correct_letter": readout.correct_letter,
         }
         row.update({f"p_{x}": float(p) for x, p in zip(readout.letters, readout.probs, strict=True)})
         rows.append(row)
-    columns = ["sample", "task", "answer", "predicted", "correct", *(f"p_{x}" for x in sorted(letters))]
+    probs = [f"p_{x}" for x in sorted(letters)]
+    columns = [
+        "sample",
+        "task",
+        "answer",
+        "predicted",
+        "correct",
+        "predicted_letter",
+        "correct_letter",
+        *probs,
+    ]
     table = pd.DataFrame(rows, columns=columns)
     table["correct"] = table["correct"].astype("boolean")
-    for column in columns[5:]:
+    table["correct_letter"] = table["correct_letter"].astype("boolean")
+    for column in probs:
         table[column] = table[column].astype(np.float64)
     return table
 
