@@ -55,12 +55,13 @@ def test_every_video_token_in_exactly_one_frame_group(prepared):
     lm, inputs, layout = prepared
     ids = inputs["input_ids"][0].numpy()
     video = np.flatnonzero(ids == feature_token_ids(lm))
-    np.testing.assert_array_equal(layout["video"], video)
+    np.testing.assert_array_equal(layout["video_features"], video)
     membership = np.zeros(layout.seq_len, dtype=int)
     for name in layout.frame_groups:
         membership[layout[name]] += 1
     assert np.all(membership[video] == 1)
-    assert membership.sum() == video.size
+    assert membership.sum() == layout["video"].size  # frame groups partition the span, markup included
+    np.testing.assert_array_equal(layout["video"], np.arange(layout["video"][0], layout["video"][-1] + 1))
     np.testing.assert_array_equal(
         layout.video_cells[:, 0], np.repeat(np.arange(layout.n_frames), layout.tokens_per_frame())
     )
@@ -148,5 +149,7 @@ def test_frame_groups_match_the_model(family):
     changed = set(torch.nonzero(diff > 1e-6).flatten().tolist())
     groups = [g for g, src in enumerate(layout.frame_sources) if changed_frame in src]
     cells = layout.video_cells
-    expected = {int(p) for p, c in zip(layout["video"], cells, strict=True) if c[0] in groups and c[1] >= 0}
+    expected = {
+        int(p) for p, c in zip(layout["video_features"], cells, strict=True) if c[0] in groups and c[1] >= 0
+    }
     assert changed == expected

@@ -95,7 +95,7 @@ def test_inspect_json_and_table(family, capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert json.loads(out.read_text()) == report
     layout = report["layout"]
-    assert sum(layout["tokens_per_frame"]) == layout["groups"]["video"]
+    assert sum(layout["tokens_per_frame"]) == layout["groups"]["video_features"]
     assert report["trace_bytes_per_sample"]["total"] < report["trace_bytes_per_sample"]["full_attention_fp16"]
     assert main(["inspect", f"tiny:{family}"]) == 0
     table = capsys.readouterr().out

@@ -47,7 +47,7 @@ def test_edge_accounting_matches_hand_counts(prepared):
     assert edge_counts(layout, []) == (full, full)
     kept, _ = edge_counts(layout, [Knockout((Block("last", "last"),), range(layers))])
     assert kept == full - layers  # one pair (last, last) per layer
-    sizes = layout.tokens_per_frame()
+    sizes = [layout[g].size for g in layout.frame_groups]
     cross = sum(sizes[i] * sum(sizes[:i]) for i in range(len(sizes)))
     kept, _ = edge_counts(layout, [Knockout((Block.cross_frame(),), [0, 2])])
     assert kept == full - 2 * cross

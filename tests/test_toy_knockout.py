@@ -20,13 +20,7 @@ N = 100  # 20 per task: per-task accuracies move by ~0.1 from sample noise alone
 def test_blocking_the_video_everywhere_gives_the_blind_floor():
     lm = flowlens.load("toy")
     samples = flowlens.data.load("synthetic", split="test", limit=N)
-    readers = [
-        "video_markup",
-        "pre_question",
-        "question",
-        "post_question",
-        "last",
-    ]  # every query after the video
+    readers = ["pre_question", "question", "post_question", "last"]  # every query after the video
     cut = BlockSet("video-out", [("video->everything", tuple(Block("video", g) for g in readers))])
     options = SweepOptions(style="top_down", centres=[0], frames=8)  # layers [0, L): every layer
     rows = []

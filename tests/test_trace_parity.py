@@ -44,7 +44,7 @@ def traced(family):
 
 def test_reductions_equal_eager(traced):
     lm, inputs, layout, trace, att, _ = traced
-    video, question = layout["video"], layout["question"]
+    video, question = layout["video_features"], layout["question"]
     np.testing.assert_allclose(trace.segment_flow, reduce_groups(att, layout, layout.partition), atol=ATOL)
     np.testing.assert_allclose(trace.frame_flow, reduce_groups(att, layout, layout.frame_groups), atol=ATOL)
     np.testing.assert_allclose(trace.last_to_video, att[:, :, -1][:, :, video], atol=ATOL)
@@ -88,9 +88,11 @@ def test_residuals_and_answer(traced):
             continue  # DeepStack adds visual features after these blocks: HF's states include them
         h = hidden[layer + 1]
         np.testing.assert_allclose(trace.resid_last[layer], h[last], rtol=2e-3, atol=2e-3)
-        means = np.stack([h[layout[f]].mean(0) for f in frames])
+        means = np.stack([h[layout.frame_features(f)].mean(0) for f in range(len(frames))])
         np.testing.assert_allclose(trace.resid_frame_mean[layer], means, rtol=2e-3, atol=2e-3)
-    np.testing.assert_allclose(trace.resid_video[1], hidden[2][layout["video"]], rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        trace.resid_video[1], hidden[2][layout["video_features"]], rtol=2e-3, atol=2e-3
+    )
     everything = torch.softmax(eager.logits[0, -1].double(), -1)
     probs = everything[layout.option_token_ids].numpy()
     np.testing.assert_allclose(trace.answer.probs, probs, atol=1e-6)

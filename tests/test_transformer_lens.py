@@ -39,4 +39,4 @@ def test_patterns_match_transformer_bridge(family):
     )
     np.testing.assert_allclose(trace.segment_flow, reduce_groups(att, layout, layout.partition), atol=1e-5)
     np.testing.assert_allclose(trace.frame_flow, reduce_groups(att, layout, layout.frame_groups), atol=1e-5)
-    np.testing.assert_allclose(trace.last_to_video, att[:, :, -1][:, :, layout["video"]], atol=1e-5)
+    np.testing.assert_allclose(trace.last_to_video, att[:, :, -1][:, :, layout["video_features"]], atol=1e-5)

@@ -46,7 +46,7 @@ class FlowCapture:
         self.onehot = group_matrix(layout, list(layout.partition), device)  # (T, S); frames are segments too
         self.frame_index = [layout.partition.index(name) for name in layout.frame_groups]
         self.counts = self.onehot.sum(0).clamp_min(1.0)
-        self.video = torch.as_tensor(layout["video"], device=device)
+        self.video = torch.as_tensor(layout["video_features"], device=device)
         self.last = int(layout["last"][0])
         self.rows = torch.cat([torch.as_tensor(layout["question"]), torch.tensor([self.last])]).to(device)
         n_layers = layout.n_layers

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from flowlens.engine.capture import group_matrix
 from flowlens.models.layout import TokenLayout
 
 
@@ -26,9 +25,12 @@ class ResidualCapture:
 
     def __init__(self, layout: TokenLayout, device: torch.device, video_layers: list[int] | None = None):
         self.last = int(layout["last"][0])
-        frames = group_matrix(layout, layout.frame_groups, device)  # (T, F)
+        frames = torch.zeros(layout.seq_len, layout.n_frames)
+        for f in range(layout.n_frames):
+            frames[torch.as_tensor(layout.frame_features(f)), f] = 1.0  # feature tokens; markup left out
+        frames = frames.to(device)
         self.frame_mean = (frames / frames.sum(0).clamp_min(1.0)).T  # (F, T)
-        self.video = torch.as_tensor(layout["video"], device=device)
+        self.video = torch.as_tensor(layout["video_features"], device=device)
         self.video_layers = set(video_layers or [])
         n = layout.n_layers
         self.last_rows: list[torch.Tensor | None] = [None] * n

@@ -333,7 +333,7 @@ class LayoutBuilder:
         video_set = set(video.tolist())
         markup = sorted(region - video_set)
         question = sorted(groups.get("question", []))
-        if question and question[0] < video_hi:
+        if question and question[0] < max(region):
             raise LayoutError("the question must come after the video in the prompt")
         last = seq_len - 1
         outside = sorted(p for p in range(seq_len) if p not in region)
@@ -342,12 +342,17 @@ class LayoutBuilder:
         q_hi = question[-1] if question else last - 1
         pre_question = [p for p in outside if video_hi <= p < q_lo and p != last]
         post_question = [p for p in outside if q_hi < p < last]
+        frame_markup = _markup_by_frame(markup, cells)
 
         out: dict[str, np.ndarray] = {}
         out["prefix"] = np.asarray(prefix, dtype=np.int64)
-        out["video"] = video
+        out["video"] = np.asarray(sorted(region), dtype=np.int64)
+        out["video_features"] = video
         for f, group in enumerate(cells):
-            out[frame_group_name(f)] = group
+            out[frame_group_name(f)] = np.union1d(group, frame_markup[f]).astype(np.int64)
+        for f, own in enumerate(frame_markup):
+            if own.size:
+                out[f"{frame_group_name(f)}_markup"] = own
         out["video_markup"] = np.asarray(markup, dtype=np.int64)
         out["pre_question"] = np.asarray(pre_question, dtype=np.int64)
         for name in ["question", "question_only"] + [n for n in groups if n.startswith("option_")]:
@@ -361,7 +366,7 @@ class LayoutBuilder:
         out["post_question"] = np.asarray(post_question, dtype=np.int64)
         out["last"] = np.asarray([last], dtype=np.int64)
 
-        partition = ["prefix", *[frame_group_name(f) for f in range(len(cells))], "video_markup"]
+        partition = ["prefix", *[frame_group_name(f) for f in range(len(cells))]]
         partition += ["pre_question", "question", "post_question", "last"]
         cfg = self.lm.adapter.text_config
         layout = TokenLayout(
@@ -452,6 +457,15 @@ class LayoutBuilder:
             else:
                 ids.append(int(self.tokenizer(letter, add_special_tokens=False)["input_ids"][-1]))
         return ids
+
+
+def _markup_by_frame(markup: list[int], frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Each frame group's markup: the non-feature tokens inside the video that introduce it (those after the
+    previous group's last feature token); markup after the last group's features closes it and joins it."""
+    ends = np.asarray([int(group[-1]) for group in frames])
+    positions = np.asarray(markup, dtype=np.int64)
+    owner = np.minimum(np.searchsorted(ends, positions), len(frames) - 1)  # first group ending after p
+    return [positions[owner == f] for f in range(len(frames))]
 
 
 def _common_ends(plain: list[int], proc: list[int], placeholder: int) -> tuple[int, int]:

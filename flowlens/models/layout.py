@@ -30,10 +30,12 @@ def is_frame_group(name: str) -> bool:
 class TokenLayout:
     """Named groups of sorted input positions plus per-video-token spatial cells.
 
-    - `groups`: name -> sorted int64 positions (`prefix`, `video`, `frame0..`, `video_markup`,
-      `question`, `question_only`, `option_A..`, `true_option`, `false_options`, `last`, ...).
+    - `groups`: name -> sorted int64 positions (`prefix`, `video`, `video_features`, `frame0..`,
+      `frame0_markup..`, `video_markup`, `question`, `question_only`, `option_A..`, `true_option`,
+      `false_options`, `last`, ...). `video` is the whole video span (feature tokens and the markup
+      between them); each frame group owns its feature tokens and the markup that introduces it.
     - `partition`: group names, in sequence order, that together cover every position exactly once.
-    - `video_cells`: (n_video, 3) rows of (frame group, row, col) aligned with `groups["video"]`;
+    - `video_cells`: (n_video, 3) rows of (frame group, row, col) aligned with `groups["video_features"]`;
       row = col = -1 marks a separator token that belongs to a frame group but to no spatial cell.
     - `frame_sources`: for each frame group, the indices of the sampled frames it was built from.
     """
@@ -66,7 +68,12 @@ class TokenLayout:
 
     @property
     def n_video(self) -> int:
-        return int(self.groups["video"].size)
+        """Number of video feature tokens (the rows of `video_cells` and of per-video-token arrays)."""
+        return int(self.groups["video_features"].size)
+
+    def frame_features(self, index: int) -> np.ndarray:
+        """Feature-token positions of frame group `index` (its markup left out)."""
+        return np.intersect1d(self.groups[frame_group_name(index)], self.groups["video_features"])
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:
@@ -78,7 +85,8 @@ class TokenLayout:
         return name in self.groups
 
     def tokens_per_frame(self) -> list[int]:
-        return [int(self.groups[g].size) for g in self.frame_groups]
+        """Feature tokens per frame group (markup not counted)."""
+        return [int(self.frame_features(f).size) for f in range(self.n_frames)]
 
     def summary(self) -> dict[str, Any]:
         """Group sizes, tokens per frame and model shape, as `flowlens inspect` prints them."""
@@ -110,12 +118,15 @@ class TokenLayout:
         covered = np.concatenate([self.groups[name] for name in self.partition])
         if covered.size != self.seq_len or not np.array_equal(np.sort(covered), np.arange(self.seq_len)):
             raise LayoutError("partition groups do not cover every position exactly once")
-        video = self.groups["video"]
+        video, features = self.groups["video"], self.groups["video_features"]
         frames = np.concatenate([self.groups[g] for g in self.frame_groups]) if self.n_frames else video[:0]
         if not np.array_equal(np.sort(frames), video):
-            raise LayoutError("frame groups do not partition the video tokens")
-        if self.video_cells.shape != (video.size, 3):
-            raise LayoutError("video_cells must have one (frame, row, col) row per video token")
+            raise LayoutError("frame groups do not partition the video span")
+        if not np.all(np.isin(features, video)):
+            raise LayoutError("video feature tokens lie outside the video span")
+        if self.video_cells.shape != (features.size, 3):
+            raise LayoutError("video_cells must have one (frame, row, col) row per video feature token")
+        video = features
         for f, name in enumerate(self.frame_groups):
             in_group = np.isin(video, self.groups[name])
             if not np.all(self.video_cells[in_group, 0] == f):
@@ -150,6 +161,10 @@ class TokenLayout:
     def from_dict(cls, data: dict[str, Any]) -> TokenLayout:
         data = dict(data)
         data["groups"] = {k: np.asarray(v, dtype=np.int64) for k, v in data["groups"].items()}
+        if (
+            "video_features" not in data["groups"]
+        ):  # written before markup joined the frames: video = features
+            data["groups"]["video_features"] = data["groups"]["video"]
         data["video_cells"] = np.asarray(data["video_cells"], dtype=np.int64).reshape(-1, 3)
         data["frame_grid"] = [tuple(g) for g in data["frame_grid"]]
         return cls(**data)

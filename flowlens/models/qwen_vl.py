@@ -4,8 +4,8 @@ The vision tower embeds `temporal_patch_size` (2) consecutive frames as one temp
 attends only within a group (`cu_seqlens` per group); each group gives (h / merge) x (w / merge)
 tokens in row-major order over the merged grid (`video_grid_thw` counts patches before merging).
 Qwen2/2.5-VL put all groups back to back between one `<|vision_start|>` and `<|vision_end|>`;
-Qwen3-VL writes `<t seconds><|vision_start|>...<|vision_end|>` per group, which the layout
-builder files under `video_markup`.
+Qwen3-VL writes `<t seconds><|vision_start|>...<|vision_end|>` per group; the layout builder gives each
+frame group the markup that introduces it (`frameN_markup`).
 """
 
 from __future__ import annotations

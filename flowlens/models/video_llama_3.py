@@ -4,7 +4,8 @@ Each frame is resized (aspect kept) to a multiple of patch_size * merge_size and
 (h / merge) x (w / merge) grid of tokens in row-major order (`pixel_unshuffle` in
 modeling_video_llama_3.py). The processor's `video_compression_mask` drops the tokens of a frame that
 barely differ from the previous frame, so each frame keeps only the True cells of its mask. Frames
-are written as `Time {t:.1f}s:<tokens>` joined by "," (that text becomes `video_markup`).
+are written as `Time {t:.1f}s:<tokens>` joined by "," (that text is markup: each frame group owns the
+`Time ...:` and the "," before it, as `frameN_markup`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ VIDEO = "video"
 EARLIER_FRAMES = "frame->earlier_frames"
 SAME_FRAME = "frame->same_frame"
 
-# edge -> (source segments, or VIDEO for all frame groups + video_markup; target segment)
+# edge -> (source segments, or VIDEO for every frame group, markup included; target segment)
 SEGMENT_EDGES: dict[str, tuple[str | tuple[str, ...], str]] = {
     "video->question": (VIDEO, "question"),
     "video->last": (VIDEO, "last"),
@@ -26,7 +26,8 @@ EDGES: tuple[str, ...] = (*SEGMENT_EDGES, EARLIER_FRAMES, SAME_FRAME)
 
 
 def video_segments(layout: TokenLayout) -> list[str]:
-    """The partition segments that make up the whole video: every frame group and `video_markup`."""
+    """The partition segments that make up the whole video: every frame group (which owns its markup; run
+    files written before that kept the markup apart as a `video_markup` segment, still counted)."""
     return [name for name in layout.partition if is_frame_group(name) or name == "video_markup"]
 
 
@@ -42,7 +43,7 @@ def edge_flows(segment_flow: np.ndarray, layout: TokenLayout) -> dict[str, np.nd
         if target in present and columns:
             out[edge] = flow[:, index[target], columns].sum(axis=-1)
     frames = [index[name] for name in layout.frame_groups]
-    sizes = np.asarray(layout.tokens_per_frame(), dtype=np.float64)
+    sizes = np.asarray([layout[name].size for name in layout.frame_groups], dtype=np.float64)  # query tokens
     if len(frames) >= 2:
         earlier = np.stack(
             [flow[:, frames[f], frames[:f]].sum(axis=-1) for f in range(1, len(frames))], axis=-1

@@ -1,7 +1,8 @@
 """What one traced sample produces: the record the HDF5 writer stores and the reader returns.
 
 Shapes use L = language layers, H = attention heads, S = segments (`layout.partition`),
-F = frame groups, V = video tokens, Q = question tokens, D = d_model.
+F = frame groups, V = video feature tokens (`layout["video_features"]`, the rows of `layout.video_cells`),
+Q = question tokens, D = d_model.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class SampleTrace:
     - `last_to_video` (L, H, V): the `last` query's attention on every video token.
     - `question_to_video` (L, Q, V): each question token's attention on every video token, head mean.
     Residual stream (float16), TransformerLens names `blocks.{l}.hook_resid_post`:
-    - `resid_last` (L, D) at `last`; `resid_frame_mean` (L, F, D) mean over each frame group's tokens;
+    - `resid_last` (L, D) at `last`; `resid_frame_mean` (L, F, D) mean over each frame group's feature tokens;
     - `resid_video` {layer: (V, D)} every video token at the chosen layers (optional).
     """
 
