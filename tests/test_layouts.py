@@ -85,26 +85,33 @@ def test_spatial_cells_cover_each_grid(prepared):
         assert len({(r, c) for _, r, c in cells}) == len(cells)  # no cell twice
 
 
+def _covers(tok, ids, group, text: str) -> None:
+    """The group's tokens decode to `text` plus at most token-boundary whitespace around it (compared without
+    spaces: the word-level test tokenizer decodes with a space between every token)."""
+    decoded = "".join(tok.decode(ids[group].tolist()).split())
+    text = "".join(text.split())
+    assert text in decoded and decoded.replace(text, "", 1) == "", (decoded, text)
+
+
 def test_prompt_parts_are_the_exact_tokens(prepared):
     lm, inputs, layout = prepared
     ids = inputs["input_ids"][0]
     tok = lm.tokenizer
     sample = make_sample()
-
-    def encode(text: str) -> list[int]:
-        return tok(text, add_special_tokens=False)["input_ids"]
-
-    assert ids[layout["question_only"]].tolist() == encode(sample.question)
+    _covers(tok, ids, layout["question_only"], sample.question)
     for letter, option in zip(sample.letters, sample.options, strict=True):
-        assert ids[layout[f"option_{letter}"]].tolist() == encode(f"({letter}) {option}")
+        _covers(tok, ids, layout[f"option_{letter}"], f"({letter}) {option}")
     np.testing.assert_array_equal(layout["true_option"], layout["option_B"])
     np.testing.assert_array_equal(
         layout["false_options"],
         np.sort(np.concatenate([layout["option_A"], layout["option_C"], layout["option_D"]])),
     )
-    assert ids[layout["question"][0]].item() == encode("Question")[0]
-    assert ids[-1].item() == encode("(")[0]  # assistant turn ends in "Best option:("
-    assert layout.option_token_ids == [encode(x)[0] for x in "ABCD"]
+    assert tok.decode(ids[layout["question"][:1]].tolist()).strip().startswith("Question")
+    assert tok.decode(ids[-1:].tolist()).endswith("(")  # assistant turn ends in "Best option:("
+    encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt = ids.tolist()
+    for letter, token_id in zip("ABCD", layout.option_token_ids, strict=True):  # the letter after the prompt
+        assert encode(tok.decode(prompt) + letter)[-1] == token_id or encode(letter) == [token_id]
 
 
 def test_partition_and_shape(prepared):
@@ -153,3 +160,31 @@ def test_frame_groups_match_the_model(family):
         int(p) for p, c in zip(layout["video_features"], cells, strict=True) if c[0] in groups and c[1] >= 0
     }
     assert changed == expected
+
+
+BYTE_LEVEL = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "video_llama_3", "internvl", "llava_onevision"]
+
+
+@pytest.mark.parametrize("family", BYTE_LEVEL)
+def test_parts_keep_tokens_that_merge_their_last_character_with_a_newline(family):
+    """Byte-level BPE merges `?\\n`, `.\\n`, `)\\n`: such a token overlaps the part, so it belongs to it."""
+    lm = tiny(family)
+    sample = flowlens.Sample(
+        id="bpe",
+        video=random_video(frames=FRAMES),
+        question="Which object appeared first?",
+        options=["a red ball.", "a box (big)", "the star."],
+        answer="B",
+    )
+    inputs, layout = lm.prepare(sample, frames=FRAMES)
+    ids, tok = inputs["input_ids"][0], lm.tokenizer
+    merged = {"?\n", ".\n", ")\n"}
+    seen = set()
+    for group, text in [("question_only", sample.question)] + [
+        (f"option_{x}", f"({x}) {o}") for x, o in zip(sample.letters, sample.options, strict=True)
+    ]:
+        _covers(tok, ids, layout[group], text)
+        last = tok.decode(ids[layout[group][-1:]].tolist())
+        seen.update({last} & merged)
+        assert layout[group][-1] in layout["question"]
+    assert seen == merged  # the tokenizer really merged all three, and each part kept its token

@@ -407,11 +407,15 @@ class LayoutBuilder:
         return hits[0]
 
     def _parts_of(self, start: int, end: int) -> list[str]:
-        """User-message parts (question, option_A, ...) containing the token's last character."""
+        """User-message parts (question, option_A, ...) the token overlaps by at least one character.
+
+        Byte-level BPE merges a part's last character with what follows (`?\n`, `.\n`, `)\n`); such a
+        token belongs to the part. A token overlapping two parts belongs to both (documented tie rule).
+        """
         if end <= start:
             return []
-        char = end - 1 - self.user_offset
-        return [name for name, (a, b) in self.user_spans.items() if a <= char < b]
+        lo, hi = start - self.user_offset, end - self.user_offset
+        return [name for name, (a, b) in self.user_spans.items() if lo < b and a < hi]
 
     def _video_positions(self, proc_ids: list[int], plan: VideoTokenPlan, start: int, end: int) -> np.ndarray:
         ids = np.asarray(proc_ids)

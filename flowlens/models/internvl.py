@@ -13,7 +13,7 @@ from typing import Any
 from flowlens.data.video import Frames
 from flowlens.models.base import FrameGroupCells, VideoAdapter, VideoTokenPlan
 from flowlens.models.registry import register_adapter
-from flowlens.models.tiny_tokenizer import build_word_tokenizer
+from flowlens.models.tiny_tokenizer import build_byte_level_tokenizer
 
 # Mimics the InternVL-hf template (convert_internvl_weights_to_hf.py): contents in order, media + "\n".
 INTERNVL_TEMPLATE = (
@@ -69,17 +69,23 @@ class InternVLAdapter(VideoAdapter):
         # 56 / 7 = 8 patches a side, pixel-shuffled by 0.5 to 4 x 4 = 16 tokens a frame.
         image_size, patch, ratio = 56, 7, 0.5
         image_seq_length = int((image_size // patch * ratio) ** 2)
-        special = ["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+        special = [
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<img>",
+            "</img>",
+            "<IMG_CONTEXT>",
+            "<video>",
+        ]
         named = {
             "start_image_token": "<img>",
             "end_image_token": "</img>",
             "context_image_token": "<IMG_CONTEXT>",
             "video_token": "<video>",
         }
-        frame_words = [f"Frame{i}" for i in range(1, 65)]  # "Frame3: <img>..." markup words
-        tokenizer = build_word_tokenizer(
-            special, INTERNVL_TEMPLATE, extra_words=frame_words, named_tokens=named
-        )
+        # Qwen2.5's byte-level BPE, as InternVL3's language model
+        tokenizer = build_byte_level_tokenizer(special, INTERNVL_TEMPLATE, named_tokens=named)
         text = Qwen2Config(
             vocab_size=len(tokenizer),
             hidden_size=64,

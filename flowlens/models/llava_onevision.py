@@ -14,7 +14,7 @@ from typing import Any
 from flowlens.data.video import Frames
 from flowlens.models.base import FrameGroupCells, VideoAdapter, VideoTokenPlan
 from flowlens.models.registry import register_adapter
-from flowlens.models.tiny_tokenizer import build_word_tokenizer
+from flowlens.models.tiny_tokenizer import build_byte_level_tokenizer
 
 # Mimics the llava-hf OneVision template: "<|im_start|>role " + media tokens + "\n" + each text.
 ONEVISION_TEMPLATE = (
@@ -61,8 +61,8 @@ class LlavaOnevisionAdapter(VideoAdapter):
 
         # 56 / 8 = 7 patches a side (odd, like 384 / 14 = 27), pooled to ceil(7 / 2) = 4.
         image_size, patch = 56, 8
-        special = ["<|im_start|>", "<|im_end|>", "<image>", "<video>"]
-        tokenizer = build_word_tokenizer(
+        special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+        tokenizer = build_byte_level_tokenizer(  # Qwen2's byte-level BPE, as the real checkpoints
             special, ONEVISION_TEMPLATE, named_tokens={"image_token": "<image>", "video_token": "<video>"}
         )
         text = Qwen2Config(

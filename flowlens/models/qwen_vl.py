@@ -16,7 +16,7 @@ from flowlens.data.video import Frames
 from flowlens.errors import LayoutError
 from flowlens.models.base import FrameGroupCells, VideoAdapter, VideoTokenPlan
 from flowlens.models.registry import register_adapter
-from flowlens.models.tiny_tokenizer import build_word_tokenizer
+from flowlens.models.tiny_tokenizer import build_byte_level_tokenizer
 
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -102,12 +102,9 @@ class QwenVLAdapter(VideoAdapter):
     # -- tiny models ------------------------------------------------------------
     @classmethod
     def tiny_tokenizer(cls) -> Any:
-        """Word tokenizer with the Qwen special tokens, chat template and whole numbers (Qwen3-VL timestamps)."""
-        return build_word_tokenizer(
-            QWEN_SPECIAL_TOKENS,
-            chatml_template(cls.default_system),
-            extra_words=["you", "helpful", *map(str, range(1000))],
-            named_tokens=QWEN_NAMED_TOKENS,
+        """Qwen2's byte-level BPE (shipped merges) with the Qwen special tokens and chat template."""
+        return build_byte_level_tokenizer(
+            QWEN_SPECIAL_TOKENS, chatml_template(cls.default_system), named_tokens=QWEN_NAMED_TOKENS
         )
 
     @staticmethod

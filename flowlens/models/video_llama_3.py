@@ -17,7 +17,7 @@ import numpy as np
 from flowlens.data.video import Frames
 from flowlens.models.base import FrameGroupCells, VideoAdapter, VideoTokenPlan
 from flowlens.models.registry import register_adapter
-from flowlens.models.tiny_tokenizer import build_word_tokenizer
+from flowlens.models.tiny_tokenizer import build_byte_level_tokenizer
 
 # Mimics the lkhl/VideoLLaMA3-*-HF template: "<|im_start|>role\n", contents in order, "<|im_end|>\n".
 VIDEOLLAMA3_TEMPLATE = (
@@ -87,11 +87,10 @@ class VideoLlama3Adapter(VideoAdapter):
 
         # patch 7, merge 2: a 64 x 80 frame resizes to 70 x 84 -> 10 x 12 patches -> 5 x 6 tokens.
         patch, merge = 7, 2
-        special = ["<|im_start|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>"]
-        tokenizer = build_word_tokenizer(
+        special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>"]
+        tokenizer = build_byte_level_tokenizer(  # Qwen2.5's byte-level BPE, as the real checkpoints
             special,
             VIDEOLLAMA3_TEMPLATE,
-            extra_words=[f"{d}s" for d in range(10)],  # "Time 1.0s:"
             named_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
         )
         text = Qwen2Config(
