@@ -1,4 +1,10 @@
-"""flowlens: trace information flow in video LLMs (the command line: parses, calls the library, prints)."""
+"""flowlens: trace information flow in video LLMs (the command line: parses, calls the library, prints).
+
+Every analysis registered in `flowlens.analyses.registry` becomes a subcommand with the model, dataset
+and run flags below plus one flag per field of its options dataclass. Exit codes (one scheme for every
+command): 0 all good, 1 some samples failed, 2 usage error (found before any work), 3 no sample
+succeeded or nothing to do, 4 internal error (a bug, or a dependency that broke a mechanism).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,28 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
-from flowlens.errors import FlowlensError
+from flowlens.errors import (
+    EXIT_INTERNAL,
+    EXIT_NOTHING,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    FlowlensError,
+    NothingToDoError,
+    UsageError,
+)
+
+EXIT_CODES = {
+    EXIT_OK: "every sample succeeded",
+    EXIT_SOME_FAILED: "some samples failed (their reasons are in the run file); the others are written",
+    EXIT_USAGE: "usage error: bad arguments or input, found before any work",
+    EXIT_NOTHING: "nothing done: no sample selected, or no sample succeeded",
+    EXIT_INTERNAL: "internal error: a bug, or a dependency that broke a mechanism flowlens relies on",
+}
 
 
 def _quiet_transformers() -> None:
@@ -20,11 +44,16 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+# ------------------------------------------------------------------ shared flags
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="Hugging Face id, local folder, tiny:<family>, or toy")
-    parser.add_argument("--device", default=None, help="torch device (default: cpu)")
     parser.add_argument(
-        "--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU)"
+        "--device", default=None, help="cpu, cuda, cuda:N, mps, or auto (cuda when present; default cpu)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="float32 | bfloat16 | float16 (default: float32 on CPU, bfloat16 on GPU)",
     )
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     parser.add_argument(
@@ -35,100 +64,6 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layers", type=int, default=None, help="language-model depth of a tiny:<family> model"
     )
-
-
-def _load(args: argparse.Namespace) -> Any:
-    import flowlens
-
-    return flowlens.load(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        revision=args.revision,
-        trust_remote_code=args.trust_remote_code,
-        layers=args.layers,
-    )
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    """Print the token layout of one prepared sample and the size of its trace."""
-    from flowlens.data.probe import probe_sample
-    from flowlens.data.sample import Sample
-    from flowlens.engine.sizing import estimate_trace_size, human_bytes
-
-    lm = _load(args)
-    sample = probe_sample()
-    if args.video:
-        sample = Sample("video", args.video, sample.question, sample.options, sample.answer)
-    _, layout = lm.prepare(sample, frames=args.frames)
-    size = estimate_trace_size(layout)
-    report = {
-        "model": args.model,
-        "architecture": lm.model.config.architectures[0],
-        "family": lm.family,
-        "frames": args.frames,
-        "layout": layout.summary(),
-        "trace_bytes_per_sample": size.to_dict(),
-    }
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    summary = layout.summary()
-    print(f"{args.model}  ({report['architecture']}, family {lm.family})")
-    print(
-        f"  language model: {summary['n_layers']} layers, {summary['n_heads']} heads "
-        f"({summary['n_kv_heads']} KV), d_model {summary['d_model']}"
-    )
-    print(f"  sequence length: {layout.seq_len} tokens for {args.frames} frames")
-    per_frame = sorted(set(summary["tokens_per_frame"]))
-    print(f"  frame groups: {layout.n_frames}, tokens per group: {', '.join(map(str, per_frame))}")
-    print("  groups:")
-    for name, n in summary["groups"].items():
-        print(f"    {name:<16} {n:>7}")
-    print(
-        f"  trace size per sample: {human_bytes(size.total)} "
-        f"(full attention maps would be {human_bytes(size.full_attention_fp16)} in fp16)"
-    )
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    """Multiple-choice accuracy per task from the option-letter probabilities at `last`."""
-    from flowlens.analyses.evaluate import evaluate
-
-    samples = _load_samples(args)
-    lm = _load(args)
-    template = _use_dataset_template(lm, samples, args)
-    result = evaluate(
-        lm,
-        samples,
-        frames=args.frames,
-        blind=args.blind,
-        shuffle_frames=args.shuffle_frames,
-        shuffle_seed=args.shuffle_seed,
-    )
-    report = {"model": args.model, **_dataset_config(args, template), **result.to_dict()}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        result.samples.to_csv(args.out, index=False)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    mode = "blind (blank frames)" if args.blind else "shuffled frames" if args.shuffle_frames else "video"
-    print(f"{args.model} on {args.dataset}: {len(samples)} samples, {args.frames} frames, {mode}")
-    print(f"  {'task':<18} {'n':>5} {'accuracy':>9} {'chance':>7} {'failed':>7}")
-    for row in result.summary.itertuples():
-        print(f"  {row.task:<18} {row.n:>5} {row.accuracy:>9.3f} {row.chance:>7.3f} {row.failed:>7}")
-    for failure in result.failures[:5]:
-        where = failure.get("id") or f"line {failure.get('line')}"
-        print(f"  failed {where}: {failure['reason']}")
-    if len(result.failures) > 5:
-        print(f"  ... and {len(result.failures) - 5} more failures (see --json)")
-    _print_failure_kinds(f["reason"] for f in result.failures)
-    return 0
 
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
@@ -151,9 +86,9 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
         "--split",
         default=None,
         help="split: train | val | test (synthetic, nextqa), any split of an hf: dataset; slices such as "
-        "test[:50] work",
+        "test[:50] or test[10:20] select rows as in `datasets` (after --task, before --limit)",
     )
-    parser.add_argument("--limit", type=int, default=None, help="use the first N samples")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N samples (applied last)")
     parser.add_argument(
         "--seed", type=int, default=None, help="generate a fresh synthetic set from this seed"
     )
@@ -173,6 +108,53 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         choices=["pyav", "decord", "torchcodec"],
         help="video decoder (default pyav; decord and torchcodec when installed)",
+    )
+
+
+def _add_run_options(parser: argparse.ArgumentParser, analysis: str) -> None:
+    """--out/--resume/--overwrite/--json of the commands that write a run file."""
+    parser.add_argument("--out", default=None, help=f"output folder (default: artifacts/{analysis}-<time>)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out, skipping finished samples"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
+
+
+# ------------------------------------------------------------------ loading
+def resolve_device(device: str | None) -> str | None:
+    """`auto` -> cuda when present, else cpu; a CUDA/MPS device that is not there is a usage error."""
+    import torch
+
+    if device is None:
+        return None
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(
+            f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, auto)"
+        ) from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this machine has no CUDA device (use cpu or auto)")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: MPS is not available on this machine")
+    return device
+
+
+def _load(args: argparse.Namespace) -> Any:
+    import flowlens
+
+    return flowlens.load(
+        args.model,
+        device=resolve_device(args.device),
+        dtype=args.dtype,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        layers=args.layers,
     )
 
 
@@ -201,6 +183,10 @@ def _load_samples(args: argparse.Namespace) -> Any:
     )
     for note in samples.notes:
         print(f"note: {note}", file=sys.stderr)
+    if not samples and not samples.failures:
+        raise NothingToDoError(
+            f"the selection from {args.dataset} holds no sample (check --split/--task/--limit)"
+        )
     for sample in samples:
         if args.template:
             sample.metadata["template"] = args.template
@@ -221,155 +207,172 @@ def _use_dataset_template(lm: Any, samples: Any, args: argparse.Namespace) -> st
 
 
 def _dataset_config(args: argparse.Namespace, template: str | None) -> dict[str, Any]:
-    """What a run records about its dataset."""
+    """What a run records about its dataset (the split's name apart from its slice, for resume checks)."""
+    from flowlens.data.benchmarks.common import parse_split
+
     return {
         "dataset": str(args.dataset),
         "data_dir": args.data_dir,
         "task": args.task,
         "split": args.split,
+        "split_name": parse_split(args.split)[0],
         "seed": args.seed,
         "limit": args.limit,
+        "columns": args.columns,
         "prompt_preset": template,
+        "video_backend": args.video_backend,
     }
 
 
-def _print_failure_kinds(reasons: Any) -> None:
-    """The end-of-run line counting failures by kind (nothing when none failed)."""
-    from flowlens.data.failures import summary_line
+def _failure_kinds(reasons: Any) -> dict[str, int]:
+    from flowlens.data.failures import count_kinds
 
-    line = summary_line(reasons)
-    if line:
-        print(f"  {line}")
+    return dict(count_kinds(reasons))
 
 
-def cmd_trace(args: argparse.Namespace) -> int:
-    """Trace a dataset into DIR/trace.h5 and DIR/report.html; the exit code is the number of failed samples."""
-    from flowlens.analyses.trace import TraceOptions
-    from flowlens.analyses.trace_run import trace
-    from flowlens.engine.sizing import estimate_trace_size, human_bytes
+def _exit_code(run: Any) -> int:
+    if not run.samples:
+        return EXIT_NOTHING
+    return EXIT_SOME_FAILED if run.failures else EXIT_OK
 
+
+# ------------------------------------------------------------------ commands
+def cmd_analysis(args: argparse.Namespace) -> int:
+    """Run one registered analysis over a dataset into a run file and its report."""
+    from flowlens.analyses.options import from_args
+    from flowlens.analyses.runner import RunControl
+
+    analysis = args.analysis
+    options = from_args(analysis.Options, args)  # bad values: a usage error before any work
+    extra = analysis.resolve(args, options)
+    control = RunControl(out=args.out, resume=args.resume, overwrite=args.overwrite)
+    control.check(analysis.run_file)
+    resolve_device(args.device)
     samples = _load_samples(args)
     lm = _load(args)
     template = _use_dataset_template(lm, samples, args)
-    options = TraceOptions(frames=args.frames, video_layers=args.video_layers or [])
-    if samples:
-        try:
-            _, layout = lm.prepare(samples[0], frames=args.frames)
-            size = estimate_trace_size(layout)
-            print(
-                f"tracing {len(samples)} samples of {layout.seq_len} tokens (~{human_bytes(size.total)} each "
-                f"before compression; full attention maps would be {human_bytes(size.full_attention_fp16)})",
-                file=sys.stderr,
+    control.dataset = _dataset_config(args, template)
+    for warning in analysis.check(lm, options, extra):
+        print(f"warning: {warning}", file=sys.stderr)
+    run = analysis.run(lm, samples, options, control, **extra)
+    code = _exit_code(run)
+    report = run.path.with_suffix(".html")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "analysis": analysis.name,
+                    "run": str(run.path),
+                    "report": str(report) if report.exists() else None,
+                    "samples": len(run.samples),
+                    "failed": len(run.failures),
+                    "failure_kinds": _failure_kinds(run.failures.values()),
+                    "exit_code": code,
+                    "dataset": run.config.get("dataset", {}),
+                    **(analysis.summary_json(run) if run.samples else {}),
+                },
+                indent=2,
+                default=str,
             )
-        except FlowlensError:
-            pass  # the sample fails again inside the run, where its reason is recorded
-    extra = _dataset_config(args, template)
-    run = trace(
-        lm, samples, args.out, options, resume=args.resume, overwrite=args.overwrite, config_extra=extra
-    )
-    failed = len(run.failures)
-    answers = run.table("answers")
-    accuracy = float(answers["correct"].mean()) if len(answers) else float("nan")
-    print(f"traced {len(run.samples)} samples into {run.path}; accuracy {accuracy:.3f}; {failed} failed")
-    for sample_id, reason in list(run.failures.items())[:5]:
-        print(f"  failed {sample_id}: {reason}")
-    _print_failure_kinds(run.failures.values())
-    return min(failed, 125)
-
-
-def cmd_knockout(args: argparse.Namespace) -> int:
-    """Attention-knockout sweep into DIR/knockout.h5 and DIR/report.html; exit code = number of failed samples."""
-    from flowlens.analyses.knockout import SweepOptions
-    from flowlens.analyses.knockout_run import knockout
-    from flowlens.engine.spec import load_block_set
-    from flowlens.store.knockout_summary import summarize_knockout
-
-    block_set = load_block_set(args.preset)
-    samples = _load_samples(args)
-    lm = _load(args)
-    options = SweepOptions(
-        window=args.window, style=args.style, frames=args.frames, batch_size=args.batch_size
-    )
-    extra = _dataset_config(args, _use_dataset_template(lm, samples, args))
-    run = knockout(
-        lm,
-        samples,
-        block_set,
-        args.out,
-        options,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        config_extra=extra,
-    )
-    summary = summarize_knockout(run.table("knockout")) if run.samples else None
-    print(f"swept {len(run.samples)} samples into {run.path}; {len(run.failures)} failed")
-    if summary is not None:
-        scored = summary.dropna(subset=["mean_rel_pred"])
-        if scored.empty:
-            print("  no sample was answered correctly by the clean model: % changes are averaged over those")
-        for curve, rows in scored.groupby("curve", sort=False):
-            worst = rows.loc[rows["mean_rel_pred"].idxmin()]
-            print(f"  {curve:<28} strongest drop {worst.mean_rel_pred:7.1f}% at layer {int(worst.layer)}")
-    for sample_id, reason in list(run.failures.items())[:5]:
-        print(f"  failed {sample_id}: {reason}")
-    _print_failure_kinds(run.failures.values())
-    return min(len(run.failures), 125)
-
-
-def cmd_pathways(args: argparse.Namespace) -> int:
-    """Effective pathways (a rule table, or --auto from a sweep) against the full model and a random control."""
-    from flowlens.analyses.knockout import SweepOptions
-    from flowlens.analyses.pathways import PathwayOptions, auto_pathways, pathways
-    from flowlens.engine.pathways import RuleTable
-
-    if bool(args.rules) == bool(args.auto):
-        raise FlowlensError("give exactly one of --rules FILE.yaml or --auto")
-    samples = _load_samples(args)
-    lm = _load(args)
-    options = PathwayOptions(frames=args.frames, seed=args.random_seed, random_control=args.random_control)
-    extra = _dataset_config(args, _use_dataset_template(lm, samples, args))
-    common = {"resume": args.resume, "overwrite": args.overwrite, "config_extra": extra}
-    if args.auto:
-        sweep = SweepOptions(window=args.window, frames=args.frames)
-        run = auto_pathways(lm, samples, args.out, tuple(args.thresholds), sweep, options, **common)
-    else:
-        run = pathways(lm, samples, RuleTable.load(args.rules), args.out, options, **common)
-    print(f"ran {len(run.samples)} samples into {run.path}; {len(run.failures)} failed")
-    if run.samples:
-        table = run.table("pathways")
-        summary = table.groupby("condition", sort=False).agg(
-            accuracy=("correct", "mean"), kept=("kept_fraction", "mean")
         )
-        for condition, row in summary.iterrows():
-            print(f"  {condition:<16} accuracy {row.accuracy:6.3f}   edges kept {100 * row.kept:5.1f}%")
+        return code
+    print(f"{analysis.name}: {len(run.samples)} samples into {run.path}; {len(run.failures)} failed")
+    if run.samples:
+        for line in analysis.summary(run):
+            print(f"  {line}")
     for sample_id, reason in list(run.failures.items())[:5]:
         print(f"  failed {sample_id}: {reason}")
-    _print_failure_kinds(run.failures.values())
-    return min(len(run.failures), 125)
+    if len(run.failures) > 5:
+        print(f"  ... and {len(run.failures) - 5} more (flowlens export {run.path} --table failures)")
+    kinds = _failure_kinds(run.failures.values())
+    if kinds:
+        print("  failures by kind: " + ", ".join(f"{kind} {n}" for kind, n in kinds.items()))
+    if report.exists():
+        print(f"  report: {report}")
+    if code == EXIT_NOTHING:
+        print("flowlens: no sample succeeded", file=sys.stderr)
+    return code
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print the token layout of one prepared sample and the size of its trace."""
+    from flowlens.analyses.options import positive
+    from flowlens.data.probe import probe_sample
+    from flowlens.data.sample import Sample
+    from flowlens.engine.sizing import estimate_trace_size, human_bytes
+
+    positive("frames", args.frames)
+    lm = _load(args)
+    sample = probe_sample(n_frames=max(16, args.frames))
+    if args.video:
+        sample = Sample("video", args.video, sample.question, sample.options, sample.answer)
+    _, layout = lm.prepare(sample, frames=args.frames)
+    size = estimate_trace_size(layout)
+    context = getattr(lm.adapter.text_config, "max_position_embeddings", None)
+    warnings = []
+    if context is not None and layout.seq_len > context:
+        warnings.append(
+            f"{layout.seq_len} tokens for {args.frames} frames exceed the model's context of {context}"
+        )
+    report = {
+        "model": args.model,
+        "architecture": lm.model.config.architectures[0],
+        "family": lm.family,
+        "frames": args.frames,
+        "context": context,
+        "warnings": warnings,
+        "layout": layout.summary(),
+        "trace_bytes_per_sample": size.to_dict(),
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    summary = layout.summary()
+    print(f"{args.model}  ({report['architecture']}, family {lm.family})")
+    print(
+        f"  language model: {summary['n_layers']} layers, {summary['n_heads']} heads "
+        f"({summary['n_kv_heads']} KV), d_model {summary['d_model']}"
+    )
+    print(f"  sequence length: {layout.seq_len} tokens for {args.frames} frames (context {context})")
+    per_frame = sorted(set(summary["tokens_per_frame"]))
+    print(f"  frame groups: {layout.n_frames}, feature tokens per group: {', '.join(map(str, per_frame))}")
+    print("  groups:")
+    for name, n in summary["groups"].items():
+        print(f"    {name:<16} {n:>7}")
+    print(
+        f"  trace size per sample: {human_bytes(size.total)} "
+        f"(full attention maps would be {human_bytes(size.full_attention_fp16)} in fp16)"
+    )
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write one table of a run file as CSV or Parquet."""
+    """Write one table of a run file as CSV or Parquet (without --table: list the run's tables)."""
     from flowlens.store.export import export_table
+    from flowlens.store.run import open_run
 
-    print(export_table(args.run, args.table, args.format, args.out))
-    return 0
-
-
-def _add_run_options(parser: argparse.ArgumentParser, analysis: str) -> None:
-    """--out/--resume/--overwrite of the commands that write a run file."""
-    parser.add_argument("--out", default=None, help=f"output folder (default: artifacts/{analysis}-<time>)")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue a run in --out, skipping finished samples"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    if args.table is None:
+        with open_run(args.run) as run:
+            print(f"tables of {run.path}: {', '.join(run.tables())}")
+        return EXIT_OK
+    print(export_table(args.run, args.table, args.format, args.out, overwrite=args.overwrite))
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
     from flowlens import __version__
+    from flowlens.analyses.options import add_arguments
+    from flowlens.analyses.registry import analyses
 
     parser = argparse.ArgumentParser(
-        prog="flowlens", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="flowlens",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog="exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()),
     )
     parser.add_argument("--version", action="version", version=f"flowlens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -382,107 +385,55 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--out", default=None, help="also write the JSON report to this file")
     inspect.set_defaults(func=cmd_inspect)
 
-    ev = sub.add_parser(
-        "eval", help="multiple-choice accuracy per task (optionally blind or with shuffled frames)"
-    )
-    _add_model_options(ev)
-    _add_dataset_options(ev)
-    ev.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
-    ev.add_argument(
-        "--blind", action="store_true", help="replace the video by blank frames (the no-video floor)"
-    )
-    ev.add_argument(
-        "--shuffle-frames", action="store_true", help="permute the sampled frames (seeded per sample)"
-    )
-    ev.add_argument("--shuffle-seed", type=int, default=0, help="seed of --shuffle-frames (default 0)")
-    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ev.add_argument("--out", default=None, help="also write the per-sample table to this CSV file")
-    ev.set_defaults(func=cmd_eval)
+    for name, analysis in analyses().items():
+        command = sub.add_parser(name, help=analysis.help, description=analysis.help)
+        _add_model_options(command)
+        _add_dataset_options(command)
+        add_arguments(command, analysis.Options)
+        analysis.add_arguments(command)
+        _add_run_options(command, name)
+        command.set_defaults(func=cmd_analysis, analysis=analysis)
 
-    tr = sub.add_parser(
-        "trace", help="attention flow between frames and from video to text, into an HDF5 run file"
+    ex = sub.add_parser(
+        "export", help="write a run table as CSV or Parquet (without --table: list the tables)"
     )
-    _add_model_options(tr)
-    _add_dataset_options(tr)
-    tr.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
-    _add_run_options(tr, "trace")
-    tr.add_argument(
-        "--video-layers",
-        type=int,
-        nargs="*",
-        default=None,
-        help="also store every video token's residual at these layers",
-    )
-    tr.set_defaults(func=cmd_trace)
-
-    ko = sub.add_parser("knockout", help="attention-knockout sweeps (Map the Flow) over layer windows")
-    _add_model_options(ko)
-    _add_dataset_options(ko)
-    ko.add_argument(
-        "--preset",
-        default="map-the-flow",
-        help="a preset (map-the-flow, cross-frame, vql-to-ql, ...) or a YAML file",
-    )
-    ko.add_argument(
-        "--window", type=int, default=9, help="layers per knockout window (default 9, as the paper)"
-    )
-    ko.add_argument("--style", default="window", choices=["window", "inverse", "top_down", "bottom_up"])
-    ko.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
-    ko.add_argument("--batch-size", type=int, default=32, help="knockout conditions per forward (default 32)")
-    _add_run_options(ko, "knockout")
-    ko.set_defaults(func=cmd_knockout)
-
-    pw = sub.add_parser("pathways", help="effective pathways: keep attention edges only where they matter")
-    _add_model_options(pw)
-    _add_dataset_options(pw)
-    pw.add_argument("--rules", default=None, help="a YAML rule table (see docs/knockout.md)")
-    pw.add_argument(
-        "--auto", action="store_true", help="derive rule tables from a knockout sweep of these samples"
-    )
-    pw.add_argument(
-        "--thresholds",
-        type=float,
-        nargs="+",
-        default=[1.0, 2.0, 5.0, 10.0, 20.0],
-        help="--auto: keep an edge group where its knockout drops p(prediction) by more than this %%",
-    )
-    pw.add_argument("--window", type=int, default=9, help="--auto: knockout window of the sweep (default 9)")
-    pw.add_argument("--random-seed", type=int, default=0, help="seed of the random-blocking controls")
-    pw.add_argument(
-        "--random-control",
-        choices=["uniform", "per-layer"],
-        default="uniform",
-        help="which control is reported as `random`: uniform (the paper's: int(r*N(N+1)/2) pairs in every "
-        "layer) or per-layer (as many as the pathway blocks in each layer); the other runs too, as "
-        "random_<name>",
-    )
-    pw.add_argument("--frames", type=int, default=8, help="frames sampled from each video (default 8)")
-    _add_run_options(pw, "pathways")
-    pw.set_defaults(func=cmd_pathways)
-
-    ex = sub.add_parser("export", help="write a run table as CSV or Parquet")
     ex.add_argument("run", help="a run file (trace.h5) or its folder")
-    ex.add_argument(
-        "--table", required=True, help="frame_flow | segment_flow | flow_summary | answers | failures"
-    )
+    ex.add_argument("--table", default=None, help="a table of the run (omit it to list them)")
     ex.add_argument("--format", choices=["csv", "parquet"], default="csv")
-    ex.add_argument("--out", default=None, help="output file or folder (default: beside the run file)")
+    ex.add_argument(
+        "--out",
+        default=None,
+        help="output file, or folder (an existing one, or a path ending in /); default: beside the run file",
+    )
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     ex.set_defaults(func=cmd_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flowlens.compat import CompatError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_transformers()
     try:
         return int(args.func(args))
+    except NothingToDoError as exc:
+        print(f"flowlens: nothing done: {exc}", file=sys.stderr)
+        return EXIT_NOTHING
+    except CompatError as exc:
+        print(f"flowlens: error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
     except FlowlensError as exc:
         print(f"flowlens: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("flowlens: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: say so, with the traceback, and a code of its own
+        traceback.print_exc()
+        print(f"flowlens: internal error: {type(exc).__name__}: {exc} (please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

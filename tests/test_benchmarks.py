@@ -174,7 +174,7 @@ def test_csv_and_jsonl_with_a_column_mapping(tmp_path):
         load(tmp_path / "qa.csv", columns="label=x")
 
 
-def test_hf_rows_use_the_benchmark_parser_and_pass_the_split_slice(tmp_path, monkeypatch):
+def test_hf_rows_use_the_benchmark_parser_and_slice_after_filtering(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     calls = []
 
@@ -184,7 +184,7 @@ def test_hf_rows_use_the_benchmark_parser_and_pass_the_split_slice(tmp_path, mon
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     samples = load("hf:lmms-lab/Video-MME:videomme", split="test[:50]", data_dir=tmp_path)
-    assert calls == [("lmms-lab/Video-MME", "videomme", "test[:50]")]
+    assert calls == [("lmms-lab/Video-MME", "videomme", "test")]  # sliced here, after the task filter
     assert [s.answer for s in samples] == ["D"] and samples[0].video == str(
         tmp_path / "data" / "fFjv93ACGo8.mp4"
     )
@@ -207,6 +207,12 @@ def test_hf_local_parquet_slices_for_real(tmp_path):
     )
     samples = load(f"hf:{tmp_path}", split="test[1:]", data_dir=tmp_path)
     assert [s.id for s in samples] == ["b", "c"]
+    import datasets
+
+    for split in ("test[:67%]", "test[1:-1]", "test[-2:]", "test[10%:70%]", "test[:34%]", "test[50%:]"):
+        ours = [s.id for s in load(f"hf:{tmp_path}", split=split, data_dir=tmp_path)]
+        theirs = datasets.load_dataset(str(tmp_path), split=split)["question_id"]
+        assert ours == list(theirs), split  # slices select the rows `datasets` selects
 
 
 def _videomme_rows() -> list[dict]:
@@ -242,12 +248,12 @@ def test_cli_trace_on_tvbench_records_every_bad_input(tmp_path, capsys):
         "action_count/5": "cannot decode",  # truncated
         "action_sequence/1": "video not found",
     }
-    assert code == 6  # the exit code is the number of failed samples
+    assert code == 1  # some samples failed, the others are written
     assert "missing field: candidates" in run.failures["action_count.json:7"]
     assert "truncated" in run.failures["action_count/5"]
     assert run.failure_metadata("action_sequence/1")["start"] == 0.5
     assert (
-        run.config["prompt_preset"] == "mvbench"
+        run.config["dataset"]["prompt_preset"] == "mvbench"
         and run.config["template"]["answer_prefix"] == "Best option:("
     )
     captured = capsys.readouterr()
@@ -261,13 +267,21 @@ def test_cli_trace_on_tvbench_records_every_bad_input(tmp_path, capsys):
 def test_cli_eval_takes_the_same_dataset_options(tmp_path, capsys, monkeypatch):
     root = tvbench(tmp_path)
     args = ["eval", "tiny:llava_next_video", "--dataset", "tvbench", "--data-dir", str(root), "--frames", "4"]
-    assert main([*args, "--task", "action_sequence", "--template", "videomme", "--json"]) == 0
+    out = ["--out", str(tmp_path / "eval")]
+    assert main([*args, *out, "--task", "action_sequence", "--template", "videomme", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["task"] == ["action_sequence"] and report["prompt_preset"] == "videomme"
+    assert (
+        report["dataset"]["task"] == ["action_sequence"] and report["dataset"]["prompt_preset"] == "videomme"
+    )
     assert [row["task"] for row in report["summary"]] == ["action_sequence", "all"]
     assert report["failures"] == [
-        {"id": "action_sequence/1", "reason": f"video not found: {root / 'video/action_sequence/OY3LS.mp4'}"}
+        {
+            "id": "action_sequence/1",
+            "reason": f"video not found: {root / 'video/action_sequence/OY3LS.mp4'}",
+            "task": "action_sequence",
+        }
     ]
+    assert report["failed"] == 1 and report["exit_code"] == 1
     assert main([*args, "--template", "chatty"]) == 2
     assert "unknown prompt template 'chatty'" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "torchcodec", None)  # as if not installed

@@ -238,7 +238,7 @@ def test_cache_under_a_wrong_keyword_stops_the_run_instead_of_a_wrong_table(llav
         knockout(
             lm, [sample], "vql-to-ql", tmp_path / "ko", SweepOptions(window=1, frames=FRAMES), report=False
         )
-    assert not (tmp_path / "ko" / "report.html").exists()
+    assert not (tmp_path / "ko" / "knockout.html").exists()
 
 
 def test_clean_row_canary_catches_a_wrong_resumed_forward(llava, monkeypatch):

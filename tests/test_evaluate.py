@@ -65,7 +65,7 @@ def test_failed_samples_are_counted_and_the_run_goes_on(tmp_path):
     rows.append("{broken")
     (tmp_path / "d.jsonl").write_text("\n".join(rows) + "\n")
     result = evaluate(tiny("llava_next_video"), flowlens.data.load(tmp_path / "d.jsonl"), progress=False)
-    assert len(result.samples) == 5
+    assert len(result.samples) == 4 and len(result.failures) == 2  # 4 evaluated; a missing video, a bad line
     reasons = [f["reason"] for f in result.failures]
     assert any("video not found" in r for r in reasons) and any("invalid JSON" in r for r in reasons)
     overall = result.summary.set_index("task").loc["all"]
@@ -77,17 +77,17 @@ def test_failed_samples_are_counted_and_the_run_goes_on(tmp_path):
 
 
 @needs_toy
-def test_cli_eval_json_blind_and_shuffled(capsys):
+def test_cli_eval_json_blind_and_shuffled(capsys, tmp_path):
     args = ["eval", "toy", "--dataset", "synthetic", "--seed", "5", "--limit", "20"]
-    assert main([*args, "--json"]) == 0
+    assert main([*args, "--json", "--out", str(tmp_path / "video")]) == 0
     report = json.loads(capsys.readouterr().out)
     summary = {row["task"]: row for row in report["summary"]}
     assert summary["all"]["n"] == 20 and summary["all"]["failed"] == 0 and not report["failures"]
     assert summary["static"]["accuracy"] >= 0.75
-    assert main([*args, "--blind"]) == 0
+    assert main([*args, "--blind", "--out", str(tmp_path / "blind")]) == 0
     table = capsys.readouterr().out
     assert "blind" in table and "static" in table and "all" in table
-    assert main([*args, "--shuffle-frames", "--json"]) == 0
+    assert main([*args, "--shuffle-frames", "--json", "--out", str(tmp_path / "shuffled")]) == 0
     assert json.loads(capsys.readouterr().out)["settings"]["shuffle_frames"] is True
 
 

@@ -45,7 +45,7 @@ def test_knockout_run_tables_and_resume(tmp_path):
         "ci_high",
         "knockout_accuracy",
     }
-    assert (tmp_path / "report.html").read_text().count("Attention knockout") >= 1
+    assert (tmp_path / "knockout.html").read_text().count("Attention knockout") >= 1
     run.close()
     again = lm.knockout(samples(3), "vql-to-ql", window=3, out=tmp_path, frames=8, resume=True)
     assert again.samples == ["s0", "s1", "s2"]
@@ -72,7 +72,7 @@ def test_knockout_cli_with_yaml_spec(tmp_path, capsys):
     )
     assert code == 0
     assert set(flowlens.open_run(tmp_path / "run").table("knockout")["curve"]) == {"video->last"}
-    assert "swept 2 samples" in capsys.readouterr().out
+    assert "knockout: 2 samples" in capsys.readouterr().out
 
 
 def test_specs_round_trip_yaml():

@@ -21,7 +21,17 @@ from flowlens.models.layout import TokenLayout
 from flowlens.store import RunWriter, export_table, open_run, schema
 from flowlens.store.edges import EDGES
 
-CONFIG = {"model": "tiny:llava_next_video", "frames": 8, "limit": 10}
+IDENTITY = {"model": "tiny:llava_next_video", "revision": None, "settings": {"frames": 8}}
+CONFIG = {"model": "tiny:llava_next_video", "frames": 8, "limit": 10, "identity": IDENTITY}
+
+
+def with_identity(**changes: object) -> dict:
+    """CONFIG whose identity (what a resumed run must match) has `changes` in `settings` or at the top."""
+    settings = {**IDENTITY["settings"], **{k: v for k, v in changes.items() if k in IDENTITY["settings"]}}
+    top = {k: v for k, v in changes.items() if k not in IDENTITY["settings"]}
+    return {**CONFIG, "identity": {**IDENTITY, **top, "settings": settings}}
+
+
 MODEL = {"model": "tiny:llava_next_video", "revision": None, "family": "llava_next_video"}
 TESTS = Path(__file__).parent
 
@@ -159,10 +169,15 @@ def test_resume_refuses_other_settings(tmp_path: Path, layout: TokenLayout) -> N
     path = tmp_path / "run.h5"
     with RunWriter(path, CONFIG, MODEL) as writer:
         writer.write_sample(random_trace(layout, "s0"))
-    with pytest.raises(FlowlensError, match=r"frames: 8 in the file, 16 now"):
-        RunWriter(path, {**CONFIG, "frames": 16}, MODEL, resume=True)
-    with pytest.raises(FlowlensError, match="revision"):
-        RunWriter(path, CONFIG, {**MODEL, "revision": "abc123"}, resume=True)
+    with pytest.raises(FlowlensError, match=r"settings.frames: 8 in the file, 16 now"):
+        RunWriter(path, with_identity(frames=16), MODEL, resume=True)
+    with pytest.raises(FlowlensError, match="revision: None in the file, 'abc123' now"):
+        RunWriter(path, with_identity(revision="abc123"), MODEL, resume=True)
+    with pytest.raises(FlowlensError, match="older flowlens"):  # a file without an identity cannot be checked
+        RunWriter(path, {k: v for k, v in CONFIG.items() if k != "identity"}, MODEL, overwrite=True).close()
+        RunWriter(path, CONFIG, MODEL, resume=True)
+    with RunWriter(path, CONFIG, MODEL, overwrite=True) as writer:
+        writer.write_sample(random_trace(layout, "s0"))
     with RunWriter(path, CONFIG, MODEL, resume=True) as writer:  # the refused attempts left the file usable
         assert writer.completed_ids() == ["s0"]
 

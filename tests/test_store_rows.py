@@ -24,7 +24,12 @@ from flowlens.store import RunWriter, export_table, open_run, rows, schema, tabl
 from flowlens.store.knockout_summary import summarize_knockout
 from flowlens.store.records import AnswerReadout
 
-CONFIG = {"model": "tiny:llava_next_video", "analysis": "knockout", "frames": 8}
+CONFIG = {
+    "model": "tiny:llava_next_video",
+    "analysis": "knockout",
+    "frames": 8,
+    "identity": {"analysis": "knockout", "model": "tiny:llava_next_video", "settings": {"frames": 8}},
+}
 MODEL = {"model": "tiny:llava_next_video", "revision": None}
 CURVES = ("video->question", "question->last")
 EVIL_CURVE = "<img src=x onerror=alert(1)>&co"

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flowlens.analyses.options import check_layers, option, positive
 from flowlens.analyses.readout import answer_readout
 from flowlens.analyses.trace import check_context
 from flowlens.data.sample import Sample
 from flowlens.engine.masks import CompiledKnockout
 from flowlens.engine.resume import CleanRun
-from flowlens.engine.spec import BlockSet, Knockout, schedule
+from flowlens.engine.spec import SCHEDULES, BlockSet, Knockout, schedule
+from flowlens.errors import FlowlensError
 from flowlens.store.records import AnswerReadout
 
 if TYPE_CHECKING:
@@ -30,11 +32,38 @@ if TYPE_CHECKING:
 class SweepOptions:
     """Layer schedule of a sweep: `style` window of `window` layers around each centre layer."""
 
-    window: int = 9
-    style: str = "window"
-    centres: list[int] | None = None  # default: every layer
-    frames: int = 8
-    batch_size: int = 32  # conditions per forward; each batch adds one clean canary row (docs/knockout.md)
+    window: int = option(9, "layers per knockout window (9, as the paper)")
+    style: str = option("window", "layer schedule around each centre layer", choices=tuple(SCHEDULES))
+    centres: list[int] | None = option(None, "centre layers to sweep (0-based; default: every layer)")
+    frames: int = option(8, "frames sampled from each video")
+    batch_size: int = option(
+        32,
+        "knockout conditions per forward; each batch adds one clean canary row",
+        affects_results=False,
+    )
+
+    def __post_init__(self) -> None:
+        positive("window", self.window)
+        positive("frames", self.frames)
+        positive("batch_size", self.batch_size)
+        if self.style not in SCHEDULES:
+            raise FlowlensError(f"unknown layer schedule {self.style!r}; use one of {', '.join(SCHEDULES)}")
+        if self.centres is not None:
+            self.centres = sorted({int(x) for x in self.centres})
+
+    def check(self, n_layers: int) -> list[str]:
+        """Refuse centres outside the model; warn when every window covers the whole depth."""
+        check_layers("centres", self.centres, n_layers)
+        if self.style != "window":
+            return []
+        centres = self.centres if self.centres is not None else range(n_layers)
+        if all(len(schedule(self.style, c, n_layers, self.window)) == n_layers for c in centres):
+            return [
+                f"--window {self.window} covers all {n_layers} layers at every centre: every curve is flat "
+                f"(each centre blocks the same layers, computed once); use --window 1 to "
+                f"{max(1, n_layers // 2)} on this model"
+            ]
+        return []
 
 
 @dataclass
@@ -70,26 +99,32 @@ def conditions_for(block_set: BlockSet, n_layers: int, options: SweepOptions) ->
 def run_conditions(
     clean: CleanRun, layout: TokenLayout, conditions: list[Knockout], batch_size: int
 ) -> list[torch.Tensor]:
-    """Logits at `last` for each knockout, batched.
+    """Logits at `last` for each knockout, batched; identical knockouts are computed once.
 
     Conditions are grouped by their first changed position (the batch reuses the clean KV cache before
     it) and, within a group, sorted by first layer so each batch starts at the latest layer it can:
     a batch element whose knockout starts later than its batch simply runs clean layers until then.
     """
-    compiled = [CompiledKnockout.compile(k, layout, clean.logits.device) for k in conditions]
+    first: dict[tuple, Knockout] = {}
+    for k in conditions:
+        first.setdefault((k.blocks, k.layers, k.heads), k)
+    slot = {key: i for i, key in enumerate(first)}
+    distinct = list(first.values())
+    index = [slot[(k.blocks, k.layers, k.heads)] for k in conditions]
+    compiled = [CompiledKnockout.compile(k, layout, clean.logits.device) for k in distinct]
     groups: dict[int, list[int]] = defaultdict(list)
     for i, ko in enumerate(compiled):
         groups[ko.first_changed_position].append(i)
-    results: list[torch.Tensor | None] = [None] * len(conditions)
+    results: list[torch.Tensor | None] = [None] * len(distinct)
     for position, indices in sorted(groups.items()):
-        indices.sort(key=lambda i: min(conditions[i].layers))
+        indices.sort(key=lambda i: min(distinct[i].layers))
         for offset in range(0, len(indices), batch_size):
             chunk = indices[offset : offset + batch_size]
-            start = min(conditions[chunk[0]].layers)
+            start = min(distinct[chunk[0]].layers)
             logits = clean.run_from(start, [compiled[i] for i in chunk], position)
             for i, row in zip(chunk, logits, strict=True):
                 results[i] = row
-    return results  # type: ignore[return-value]
+    return [results[i] for i in index]  # type: ignore[misc]
 
 
 def _option_logit_diff(logits: torch.Tensor, ids: list[int], gt: int | None) -> float:

@@ -3,8 +3,9 @@ random control that blocks as many edges per layer (Map the Flow Tab. 3)."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,9 @@ import pandas as pd
 import torch
 
 from flowlens.analyses.knockout import SampleSweep, SweepOptions, sweep_sample
+from flowlens.analyses.options import all_settings, option, positive, results_settings
 from flowlens.analyses.readout import answer_readout
+from flowlens.analyses.registry import Analysis, register_analysis
 from flowlens.analyses.runner import RunControl, run_analysis
 from flowlens.analyses.trace import check_context
 from flowlens.data.sample import Sample
@@ -20,14 +23,13 @@ from flowlens.engine.masks import CompiledKnockout
 from flowlens.engine.pathways import RANDOM_CONTROLS, Rule, RuleTable, edge_counts, random_control
 from flowlens.engine.resume import CleanRun
 from flowlens.engine.spec import PRESETS, BlockSet, window
-from flowlens.errors import FlowlensError, SampleError
+from flowlens.errors import FlowlensError, NothingToDoError, SampleError, UsageError
 from flowlens.store.hdf5 import RunWriter
 from flowlens.store.run import Run
 
 if TYPE_CHECKING:
     from flowlens.models.base import VideoLM
 
-RUN_FILE = "pathways.h5"
 TABLE = "pathways"
 
 
@@ -35,11 +37,17 @@ TABLE = "pathways"
 class PathwayOptions:
     """Settings of a pathways run; both random controls always run, `random_control` names which is `random`."""
 
-    frames: int = 8
-    seed: int = 0  # of the random controls
-    random_control: str = "uniform"  # the paper's: the same number of blocked pairs in every layer
+    frames: int = option(8, "frames sampled from each video")
+    random_seed: int = option(0, "seed of the random-blocking controls")
+    random_control: str = option(
+        "uniform",
+        "which control is reported as `random`: uniform (the paper's: int(r*N(N+1)/2) pairs in every layer) "
+        "or per-layer (as many as the pathway blocks in each layer); the other runs too, as random_<name>",
+        choices=RANDOM_CONTROLS,
+    )
 
     def __post_init__(self) -> None:
+        positive("frames", self.frames)
         if self.random_control not in RANDOM_CONTROLS:
             raise FlowlensError(
                 f"unknown random control {self.random_control!r}; use one of {', '.join(RANDOM_CONTROLS)}"
@@ -76,7 +84,7 @@ def pathways_sample(
         kept, _ = edge_counts(layout, knockouts)
         named.append((f"pathways{suffix}", pathway, kept))
         for mode, name in options.control_names().items():
-            control = random_control(layout, knockouts, options.seed, mode)
+            control = random_control(layout, knockouts, options.random_seed, mode)
             random_kept = total - sum(int((~c.allowed).tril().sum()) for c in control)
             named.append((f"{name}{suffix}", control, random_kept))
     logits = clean.run_from(0, [conditions for _, conditions, _ in named])
@@ -127,17 +135,27 @@ def pathways(
 ) -> Run:
     """Run the rule table(s) on every sample into `out/pathways.h5`; `run.table("pathways")` has the rows.
 
-    `control`: `RunControl` fields (`resume`, `overwrite`, `report`, `progress`, `config_extra`).
+    `control`: `RunControl` fields (`resume`, `overwrite`, `report`, `progress`, `dataset`, `config_extra`).
     """
     options = options or PathwayOptions()
     tables = rules if isinstance(rules, dict) else {"": rules}
-    settings = {**asdict(options), "rules": {key: table.to_dict() for key, table in tables.items()}}
+    for table in tables.values():
+        table.check(lm.n_layers)
+    spec = {"rules": {key: table.to_dict() for key, table in tables.items()}}
 
     def write_one(writer: RunWriter, sample: Sample) -> None:
         result = pathways_sample(lm, sample, rules, options)
         writer.write_rows(result.sample_id, result.layout, result.clean, TABLE, result.rows, result.metadata)
 
-    return run_analysis(lm, samples, "pathways", RUN_FILE, settings, write_one, RunControl(out, **control))
+    return run_analysis(
+        lm,
+        samples,
+        PathwaysAnalysis.name,
+        {**all_settings(options), **spec},
+        {**results_settings(options), **spec},
+        write_one,
+        RunControl(out, **control),
+    )
 
 
 # ------------------------------------------------------------------ --auto: rules from a knockout sweep
@@ -189,10 +207,66 @@ def auto_pathways(
         except (SampleError, FlowlensError):
             continue  # recorded as failed by the pathways run below
     if not frames:
-        raise FlowlensError("no sample could be swept, so no rule table can be derived")
+        raise NothingToDoError("no sample could be swept, so no rule table can be derived")
     summary = summarize_knockout(pd.concat(frames, ignore_index=True))
     tables = {
         f"{t:g}": derive_rules(summary, block_set, lm.n_layers, sweep_options.window, t) for t in thresholds
     }
-    extra = {"auto": True, "sweep": asdict(sweep_options), **control.pop("config_extra", {})}
+    extra = {"auto": True, "sweep": all_settings(sweep_options), **control.pop("config_extra", {})}
     return pathways(lm, samples, tables, out, options, config_extra=extra, **control)
+
+
+@register_analysis
+class PathwaysAnalysis(Analysis):
+    name = "pathways"
+    help = "effective pathways: keep attention edges only where they matter, against random controls"
+    Options = PathwayOptions
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--rules", default=None, help="a YAML rule table (see docs/knockout.md)")
+        parser.add_argument(
+            "--auto", action="store_true", help="derive rule tables from a knockout sweep of these samples"
+        )
+        parser.add_argument(
+            "--thresholds",
+            type=float,
+            nargs="+",
+            default=list(AUTO_THRESHOLDS),
+            help="--auto: keep an edge group where its knockout drops p(prediction) by more than this %%",
+        )
+        parser.add_argument(
+            "--window", type=int, default=9, help="--auto: knockout window of the sweep (default 9)"
+        )
+
+    def resolve(self, args: argparse.Namespace, options: PathwayOptions) -> dict[str, Any]:
+        if bool(args.rules) == bool(args.auto):
+            raise UsageError("give exactly one of --rules FILE.yaml or --auto")
+        if args.auto:
+            sweep = SweepOptions(window=args.window, frames=options.frames)
+            return {"auto": True, "thresholds": tuple(args.thresholds), "sweep": sweep}
+        return {"rules": RuleTable.load(args.rules)}
+
+    def check(self, lm: VideoLM, options: PathwayOptions, extra: dict[str, Any]) -> list[str]:
+        if extra.get("auto"):
+            return extra["sweep"].check(lm.n_layers)
+        extra["rules"].check(lm.n_layers)
+        return []
+
+    def run(
+        self, lm: VideoLM, samples: Any, options: PathwayOptions, control: RunControl, **extra: Any
+    ) -> Run:
+        if extra.get("auto"):
+            return auto_pathways(
+                lm, samples, control.out, extra["thresholds"], extra["sweep"], options, **control.kwargs()
+            )
+        return pathways(lm, samples, extra["rules"], control.out, options, **control.kwargs())
+
+    def summary(self, run: Run) -> list[str]:
+        table = run.table("pathways")
+        summary = table.groupby("condition", sort=False).agg(
+            accuracy=("correct", "mean"), kept=("kept_fraction", "mean")
+        )
+        return [
+            f"{condition:<24} accuracy {row.accuracy:6.3f}   edges kept {100 * row.kept:5.1f}%"
+            for condition, row in summary.iterrows()
+        ]

@@ -1,8 +1,16 @@
 """The loop every dataset-level analysis shares: one HDF5 run file, a progress bar, failures recorded
-per sample with their reason, resume, and the HTML report at the end."""
+per sample with their reason, resume, and the HTML report at the end.
+
+What a run records splits in two: `settings` (every option, for the record) and `identity` (everything
+that changes a number: model, revision, dtype, prompt template, the dataset's identity and the options
+that affect results, derived from the options dataclass). A resumed run must match the stored identity
+exactly; the error lists every differing key with both values.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -13,25 +21,35 @@ from tqdm.auto import tqdm
 
 from flowlens.compat import CompatError
 from flowlens.data.sample import Sample
-from flowlens.errors import FlowlensError, SampleError
+from flowlens.errors import FlowlensError, NothingToDoError, SampleError, UsageError
 from flowlens.store.hdf5 import RunWriter
 from flowlens.store.run import Run, open_run
 
 if TYPE_CHECKING:
     from flowlens.models.base import VideoLM
 
-REPORT_FILE = "report.html"
+ARTIFACTS = Path("artifacts")
+# Dataset settings that make a different set of samples (a resumed run must match them); a different
+# slice, limit or task selection only chooses other samples of the same set, and may be resumed.
+DATASET_IDENTITY = ("dataset", "data_dir", "split_name", "seed", "columns", "prompt_preset", "video_backend")
 
 
-def default_out_dir(analysis: str) -> Path:
-    """A fresh folder under artifacts/ for a run without --out."""
-    return Path("artifacts") / time.strftime(f"{analysis}-%Y%m%d-%H%M%S")
+def default_out_dir(analysis: str, root: Path = ARTIFACTS) -> Path:
+    """A fresh folder under artifacts/ for a run without --out: `<analysis>-<time>`, `-2`, `-3` if taken."""
+    stamp = time.strftime(f"{analysis}-%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        candidate = root / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            candidate.mkdir(parents=True, exist_ok=False)  # claimed atomically: two runs never share one
+            return candidate
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
-def base_config(lm: VideoLM, analysis: str) -> dict[str, Any]:
-    """Config keys every run records: the analysis, the model and how prompts were built."""
+def model_config(lm: VideoLM) -> dict[str, Any]:
+    """What every run records about the model and how prompts were built (all of it affects numbers)."""
     return {
-        "analysis": analysis,
         "model": lm.name,
         "revision": lm.revision,
         "dtype": str(lm.dtype).removeprefix("torch."),
@@ -50,34 +68,77 @@ def model_info(lm: VideoLM) -> dict[str, Any]:
 
 @dataclass
 class RunControl:
-    """Where a run goes and how it treats an existing run file (shared by trace, knockout and pathways)."""
+    """Where a run goes and how it treats an existing run file (shared by every analysis).
+
+    `dataset` is what the CLI knows about the dataset (name, split, seed, ...); its identity keys
+    (`DATASET_IDENTITY`) must match on resume.
+    """
 
     out: str | Path | None = None  # folder; default artifacts/<analysis>-<time>
     resume: bool = False
     overwrite: bool = False
     report: bool = True
     progress: bool = True
+    dataset: dict[str, Any] = field(default_factory=dict)
     config_extra: dict[str, Any] = field(default_factory=dict)
 
-    def path(self, analysis: str, run_file: str) -> Path:
-        return (Path(self.out) if self.out is not None else default_out_dir(analysis)) / run_file
+    def __post_init__(self) -> None:
+        if self.resume and self.overwrite:
+            raise UsageError("--resume and --overwrite contradict each other: choose one")
+
+    def check(self, run_file: str) -> None:
+        """Refuse, before any work, an output that exists (without --resume/--overwrite) or a resume of nothing."""
+        if self.out is None:
+            if self.resume:
+                raise UsageError("--resume needs --out: the folder of the run to continue")
+            return
+        path = Path(self.out) / run_file
+        if self.resume and not path.is_file():
+            raise UsageError(f"nothing to resume: {path} does not exist")
+        if path.exists() and not (self.resume or self.overwrite):
+            raise UsageError(
+                f"{path} already exists: add --resume to continue it or --overwrite to replace it"
+            )
+
+    def kwargs(self) -> dict[str, Any]:
+        """This control as keyword arguments of the analysis functions (`out` apart)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "out"}
+
+    def folder(self, analysis: str) -> Path:
+        return Path(self.out) if self.out is not None else default_out_dir(analysis)
 
 
 def run_analysis(
     lm: VideoLM,
     samples: Iterable[Sample],
     analysis: str,
-    run_file: str,
     settings: dict[str, Any],
+    identity: dict[str, Any],
     write_one: Callable[[RunWriter, Sample], None],
     control: RunControl,
 ) -> Run:
-    """`run_over_samples` with the config every run records (model, template, `settings`, extras)."""
-    config = {**base_config(lm, analysis), **settings, **control.config_extra}
+    """`run_over_samples` into `<out>/<analysis>.h5` with the config every run records.
+
+    `settings`: every option of the analysis (for the record); `identity`: those that change a number,
+    plus resolved specs (block sets, rule tables). Model, template and the dataset's identity join both.
+    """
+    model = model_config(lm)
+    dataset = dict(control.dataset)
+    identity_dataset = {k: dataset[k] for k in DATASET_IDENTITY if dataset.get(k) is not None}
+    config = {
+        "analysis": analysis,
+        **model,
+        "settings": settings,
+        "dataset": dataset,
+        "identity": {"analysis": analysis, **model, "settings": identity, "dataset": identity_dataset},
+        **control.config_extra,
+    }
+    control.check(f"{analysis}.h5")
+    folder = control.folder(analysis)
     return run_over_samples(
         lm,
         samples,
-        control.path(analysis, run_file),
+        folder / f"{analysis}.h5",
         config,
         write_one,
         control.resume,
@@ -102,14 +163,19 @@ def run_over_samples(
 
     A sample that cannot be used (missing video, no options, answer not an option, too long) is recorded
     as failed with its reason and the run goes on; so is a dataset line that failed to load
-    (`samples.failures`, id `<file>:<line>`). With `resume`, finished samples are skipped.
+    (`samples.failures`, id `<file>:<line>`). With `resume`, finished samples are skipped. A run with no
+    sample at all is a `NothingToDoError`; a `CompatError` (transformers broke a mechanism) stops it.
     """
     load_failures = list(getattr(samples, "failures", []))  # dataset lines that never became samples
     samples = list(samples)
+    if not samples and not load_failures:
+        raise NothingToDoError("no samples to run: the dataset selection is empty")
     with RunWriter(path, config, model_info(lm), resume=resume, overwrite=overwrite) as writer:
         for failure in load_failures:
             writer.write_failure(
-                f"{Path(failure.source).name}:{failure.line}", failure.reason, {"line": failure.line}
+                f"{Path(failure.source).name}:{failure.line}",
+                failure.reason,
+                {"line": failure.line, "source": str(failure.source)},
             )
         done = set(writer.completed_ids())
         todo = [s for s in samples if str(s.id) not in done]
@@ -124,5 +190,5 @@ def run_over_samples(
     if report:
         from flowlens.report.html import write_report
 
-        write_report(run, path.parent / REPORT_FILE)
+        write_report(run, path.with_suffix(".html"))
     return run

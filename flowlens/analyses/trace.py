@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flowlens.analyses.options import check_layers, option, positive
 from flowlens.analyses.readout import answer_readout, final_hidden, head_logits_fp32
 from flowlens.data.sample import Sample
 from flowlens.engine.backend import active_handler, language_attention
@@ -24,8 +25,18 @@ if TYPE_CHECKING:
 class TraceOptions:
     """What a trace computes for each sample (round-trips to the run file's config)."""
 
-    frames: int = 8
-    video_layers: list[int] = field(default_factory=list)
+    frames: int = option(8, "frames sampled from each video")
+    video_layers: list[int] = option(
+        [], "also store every video token's residual at these layers (0-based)", metavar="LAYER"
+    )
+
+    def __post_init__(self) -> None:
+        positive("frames", self.frames)
+        self.video_layers = sorted({int(x) for x in self.video_layers})
+
+    def check(self, n_layers: int) -> None:
+        """Refuse layers the model does not have."""
+        check_layers("video_layers", self.video_layers, n_layers)
 
 
 def check_context(lm: VideoLM, layout: TokenLayout) -> None:

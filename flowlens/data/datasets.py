@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from flowlens.data.benchmarks import BENCHMARKS
-from flowlens.data.benchmarks.common import norm, parse_split
+from flowlens.data.benchmarks.common import SplitPart, norm, parse_split
 from flowlens.data.jsonl import SampleList, read_jsonl
 from flowlens.errors import FlowlensError
 
@@ -26,8 +26,9 @@ def load(
     """Samples of `synthetic`, a benchmark (`tvbench`, `mvbench`, ...), `hf:<repo>[:<config>]`, or a file.
 
     Benchmarks read their published files under `data_dir` (their root folder); `task` keeps only
-    the named tasks; `split` picks a split and may slice it (`test[:50]`); `limit` keeps the first
-    samples. A `.jsonl` file is flowlens' own format unless `columns` maps its fields (as for `.csv`
+    the named tasks; `split` picks a split and may slice it (`test[:50]`, `test[10:20]`, `test[:10%]`,
+    rows as `datasets` counts them); `limit` keeps the first samples. Filters apply first, then the
+    slice, then the limit, for every kind of dataset. A `.jsonl` file is flowlens' own format unless `columns` maps its fields (as for `.csv`
     and `.json`). Unusable records are in the result's `.failures`, skipped tasks in `.notes`.
     For `synthetic`, `seed` generates a fresh set and `limit` also sets how many are generated.
     """
@@ -42,9 +43,9 @@ def load(
         from flowlens.data.synthetic import cached
 
         split_name, part = parse_split(split)
-        path = cached(split=split_name, seed=seed, n=limit, progress=progress)
-        samples = read_jsonl(path, limit=limit if part == slice(None) else None)
-        return _keep_tasks(SampleList(list(samples)[part][:limit], samples.failures), tasks)
+        first_only = part.whole and not tasks  # then the first `limit` clips are all that is needed
+        path = cached(split=split_name, seed=seed, n=limit if first_only else None, progress=progress)
+        return _select(read_jsonl(path), tasks, part, limit)
     if name.lower() in BENCHMARKS:
         _refuse(columns=columns, dataset=name)
         return BENCHMARKS[name.lower()](data_dir, tasks, split, limit)
@@ -79,9 +80,13 @@ def _load_file(
         raise FlowlensError(
             f"{path.name} is one file with no splits; slice it with --split '[:50]' or --limit"
         )
-    samples = read_jsonl(path, limit=None if part != slice(None) else limit, root=data_dir)
-    kept = SampleList(list(samples)[part][:limit], samples.failures)
-    return _keep_tasks(kept, tasks)
+    return _select(read_jsonl(path, root=data_dir), tasks, part, limit)
+
+
+def _select(samples: SampleList, tasks: list[str], part: SplitPart, limit: int | None) -> SampleList:
+    """Filters first (`tasks`), then the split slice, then `limit`: the order every loader follows."""
+    kept = _keep_tasks(samples, tasks)
+    return SampleList(part.apply(kept)[:limit], kept.failures, kept.notes)
 
 
 def _keep_tasks(samples: SampleList, tasks: list[str]) -> SampleList:

@@ -42,12 +42,22 @@ class RuleTable:
 
     def knockouts(self, n_layers: int) -> list[Knockout]:
         """One knockout per rule: its block in every layer outside `keep`."""
+        self.check(n_layers)
         out = []
         for rule in self.rules:
             blocked = [x for x in range(n_layers) if x not in set(rule.keep)]
             if blocked:
                 out.append(Knockout((rule.block,), blocked, name=rule.block.label))
         return out
+
+    def check(self, n_layers: int) -> None:
+        """Refuse rules that keep layers a model of `n_layers` layers does not have (written for a deeper one)."""
+        deepest = max((x for rule in self.rules for x in rule.keep), default=-1)
+        if deepest >= n_layers:
+            raise FlowlensError(
+                f"rule table {self.name!r} keeps edges up to layer {deepest}, but the model has {n_layers} "
+                f"layers (0 to {n_layers - 1}); write the rules for this model's depth"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "rules": [r.to_dict() for r in self.rules]}
@@ -69,20 +79,38 @@ class RuleTable:
     @classmethod
     def load(cls, path: str | Path) -> RuleTable:
         path = Path(path)
-        if not path.exists():
+        if not path.is_file():
             raise FlowlensError(f"rule table not found: {path}")
-        return cls.from_dict(yaml.safe_load(path.read_text()))
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise FlowlensError(f"{path}: not a YAML rule table ({exc})") from None
+        if not isinstance(data, dict):
+            raise FlowlensError(f"{path}: a rule table is a mapping with `name` and `rules`")
+        return cls.from_dict(data)
 
 
 def _layers(keep: Any) -> tuple[int, ...]:
-    """`[[5, 14], 20]` -> layers 5..14 (inclusive) and 20."""
+    """`[[5, 14], 20]` -> layers 5..14 (inclusive) and 20; anything else is a FlowlensError."""
+    if keep is None:
+        return ()
+    if not isinstance(keep, (list, tuple)):
+        raise FlowlensError(f"`keep` is a list of layers and [start, end] ranges, got {keep!r}")
     out: set[int] = set()
-    for item in keep or []:
-        if isinstance(item, (list, tuple)) and len(item) == 2:
+    for item in keep:
+        if isinstance(item, (list, tuple)) and len(item) == 2 and all(_is_layer(x) for x in item):
+            if int(item[0]) > int(item[1]):
+                raise FlowlensError(f"layer range {list(item)} runs backwards")
             out.update(range(int(item[0]), int(item[1]) + 1))
-        else:
+        elif _is_layer(item):
             out.add(int(item))
+        else:
+            raise FlowlensError(f"`keep` holds layers (>= 0) and [start, end] ranges, got {item!r}")
     return tuple(sorted(out))
+
+
+def _is_layer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 100_000
 
 
 def _ranges(layers: tuple[int, ...]) -> list[list[int]]:

@@ -20,10 +20,11 @@ class TraceSize:
 
     segment_flow: int
     frame_flow: int
-    last_over_video: int
-    question_over_video: int
-    residual_last: int
-    residual_frame_means: int
+    last_to_video: int
+    question_to_video: int
+    resid_last: int
+    resid_frame_mean: int
+    resid_video: int
     full_attention_fp16: int
 
     @property
@@ -31,27 +32,30 @@ class TraceSize:
         return (
             self.segment_flow
             + self.frame_flow
-            + self.last_over_video
-            + self.question_over_video
-            + (self.residual_last + self.residual_frame_means)
+            + self.last_to_video
+            + self.question_to_video
+            + self.resid_last
+            + self.resid_frame_mean
+            + self.resid_video
         )
 
     def to_dict(self) -> dict[str, int]:
         return {**asdict(self), "total": self.total}
 
 
-def estimate_trace_size(layout: TokenLayout) -> TraceSize:
-    """Bytes one traced sample takes on disk (before compression) for `layout`."""
+def estimate_trace_size(layout: TokenLayout, video_layers: int = 0) -> TraceSize:
+    """Bytes one traced sample takes on disk (before compression) for `layout`, names as in the run file."""
     layers, heads = layout.n_layers, layout.n_heads
     segments, frames = len(layout.partition), layout.n_frames
     n_video, n_question = layout.n_video, int(layout["question"].size)
     return TraceSize(
         segment_flow=layers * heads * segments * segments * F32,
         frame_flow=layers * heads * frames * frames * F32,
-        last_over_video=layers * heads * n_video * F32,
-        question_over_video=layers * n_question * n_video * F32,
-        residual_last=layers * layout.d_model * F16,
-        residual_frame_means=layers * frames * layout.d_model * F16,
+        last_to_video=layers * heads * n_video * F32,
+        question_to_video=layers * n_question * n_video * F32,
+        resid_last=layers * layout.d_model * F16,
+        resid_frame_mean=layers * frames * layout.d_model * F16,
+        resid_video=video_layers * n_video * layout.d_model * F16,
         full_attention_fp16=layers * heads * layout.seq_len * layout.seq_len * F16,
     )
 

@@ -13,6 +13,7 @@ prompt, and mapping prompt parts to token positions -- is shared and exact:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -219,17 +220,17 @@ class VideoLM:
         before, after = rendered.split(USER_MARKER)
         return before, after
 
-    def trace(
-        self, samples: Any, out: Any = None, resume: bool = False, report: bool = True, **options: Any
-    ) -> Any:
+    def trace(self, samples: Any, out: Any = None, **kwargs: Any) -> Any:
         """Trace `samples` (attention flows, residual summaries, answers) into `out/trace.h5`; return the `Run`.
 
-        `options` are `flowlens.analyses.trace.TraceOptions` fields (`frames`, `video_layers`).
+        `kwargs`: `flowlens.analyses.trace.TraceOptions` fields (`frames`, `video_layers`) and `RunControl`
+        fields (`resume`, `overwrite`, `report`, `progress`).
         """
         from flowlens.analyses.trace import TraceOptions
         from flowlens.analyses.trace_run import trace
 
-        return trace(self, samples, out, TraceOptions(**options), resume=resume, report=report)
+        options, control = _split_options(TraceOptions, kwargs)
+        return trace(self, samples, out, options, **control)
 
     def knockout(
         self,
@@ -237,47 +238,53 @@ class VideoLM:
         spec_or_preset: Any = "map-the-flow",
         window: int = 9,
         out: Any = None,
-        resume: bool = False,
-        report: bool = True,
-        **options: Any,
+        **kwargs: Any,
     ) -> Any:
         """Attention-knockout sweep (every curve of a preset or `BlockSet`, every layer window); return the `Run`.
 
-        `options` are `flowlens.analyses.knockout.SweepOptions` fields (`style`, `centres`, `frames`, `batch_size`).
+        `kwargs`: `flowlens.analyses.knockout.SweepOptions` fields (`style`, `centres`, `frames`,
+        `batch_size`) and `RunControl` fields (`resume`, `overwrite`, `report`, `progress`).
         """
         from flowlens.analyses.knockout import SweepOptions
         from flowlens.analyses.knockout_run import knockout
 
-        sweep = SweepOptions(window=window, **options)
-        return knockout(self, samples, spec_or_preset, out, sweep, resume=resume, report=report)
+        options, control = _split_options(SweepOptions, {"window": window, **kwargs})
+        for warning in options.check(self.n_layers):
+            warnings.warn(warning, stacklevel=2)
+        return knockout(self, samples, spec_or_preset, out, options, **control)
 
     def pathways(
-        self,
-        samples: Any,
-        rules: Any = None,
-        out: Any = None,
-        auto: bool = False,
-        resume: bool = False,
-        **options: Any,
+        self, samples: Any, rules: Any = None, out: Any = None, auto: bool = False, **kwargs: Any
     ) -> Any:
         """Effective pathways: a `RuleTable` (or YAML path), or `auto=True` to derive rule tables from a sweep.
 
-        `options` are `flowlens.analyses.pathways.PathwayOptions` fields (`frames`, `seed`); return the `Run`.
+        `kwargs`: `flowlens.analyses.pathways.PathwayOptions` fields (`frames`, `random_seed`,
+        `random_control`) and `RunControl` fields; return the `Run`.
         """
         from flowlens.analyses.pathways import PathwayOptions, auto_pathways, pathways
         from flowlens.engine.pathways import RuleTable
 
         if auto == (rules is not None):
             raise ValueError("give exactly one of `rules` or `auto=True`")
+        options, control = _split_options(PathwayOptions, kwargs)
         if auto:
-            return auto_pathways(self, samples, out, options=PathwayOptions(**options), resume=resume)
+            return auto_pathways(self, samples, out, options=options, **control)
         table = rules if isinstance(rules, RuleTable) else RuleTable.load(rules)
-        return pathways(self, samples, table, out, PathwayOptions(**options), resume=resume)
+        return pathways(self, samples, table, out, options, **control)
 
     @torch.no_grad()
     def forward(self, inputs: Any, **kwargs: Any) -> Any:
         """One forward pass on prepared inputs (no gradients)."""
         return self.model(**inputs, **kwargs)
+
+
+def _split_options(options_class: type, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(options dataclass from the keys it has, the remaining keyword arguments for the run control)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(options_class)}
+    options = options_class(**{k: v for k, v in kwargs.items() if k in names})
+    return options, {k: v for k, v in kwargs.items() if k not in names}
 
 
 class LayoutBuilder:

@@ -16,8 +16,13 @@ def export_table(
     name: str,
     fmt: str = "csv",
     out: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write table `name` as `fmt`; `out` defaults to `<run stem>.<name>.<fmt>` beside the run (a folder works too)."""
+    """Write table `name` as `fmt` and return the file.
+
+    `out`: a file, or a folder (one that exists, or a path ending in `/`, created if needed) that gets
+    `<run stem>.<name>.<fmt>`; default beside the run. An existing file is replaced only with `overwrite`.
+    """
     if fmt not in FORMATS:
         raise FlowlensError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
     run = run_path if isinstance(run_path, Run) else open_run(run_path)
@@ -27,6 +32,8 @@ def export_table(
     finally:
         if run is not run_path:
             run.close()
+    if target.exists() and not overwrite:
+        raise FlowlensError(f"{target} already exists; pass --overwrite to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
         table.to_csv(target, index=False)
@@ -42,5 +49,5 @@ def _target(run_path: Path, name: str, fmt: str, out: str | os.PathLike[str] | N
     default = f"{run_path.stem}.{name}.{fmt}"
     if out is None:
         return run_path.with_name(default)
-    out = Path(out)
-    return out / default if out.is_dir() else out
+    folder = str(out).endswith(("/", os.sep)) or Path(out).is_dir()
+    return Path(out) / default if folder else Path(out)

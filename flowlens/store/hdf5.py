@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 import flowlens
-from flowlens.errors import FlowlensError
+from flowlens.errors import FlowlensError, UsageError
 from flowlens.models.layout import TokenLayout
 from flowlens.store import rows, schema
 from flowlens.store.records import AnswerReadout, SampleTrace
@@ -26,8 +26,8 @@ class RunWriter:
     A sample is written once, either as a trace (`write_sample`) or as row tables (`write_rows`), its
     group's `kind` attribute saying which. A sample group gets `complete=True` as its last attribute,
     followed by a flush (and fsync): a killed process leaves at most one incomplete group, which readers
-    skip and `resume=True` deletes. With `resume=True` an existing file is reopened; its config must agree
-    with `config` on `match_keys`.
+    skip and `resume=True` deletes. With `resume=True` an existing file is reopened; its config's `identity`
+    (everything that changes a number) must equal `config["identity"]`.
     """
 
     def __init__(
@@ -37,7 +37,6 @@ class RunWriter:
         model_info: Mapping[str, Any],
         resume: bool = False,
         overwrite: bool = False,
-        match_keys: Iterable[str] = schema.RESUME_KEYS,
     ) -> None:
         self.path = Path(path)
         self.config = schema.normalized(dict(config))
@@ -46,7 +45,7 @@ class RunWriter:
             self._file = _open(self.path, "r+")
             try:
                 schema.check_format(self._file, self.path)
-                _check_compatible(self._file, self.path, self.config, self.model_info, tuple(match_keys))
+                _check_compatible(self._file, self.path, self.config)
                 self._drop_incomplete()
                 self._file.attrs["format_version"] = schema.FORMAT_VERSION  # what it may hold from now on
             except BaseException:
@@ -310,26 +309,33 @@ def _open(path: Path, mode: str) -> h5py.File:
         raise FlowlensError(f"cannot open {path} as an HDF5 run file: {exc}") from exc
 
 
-def _check_compatible(
-    file: h5py.File, path: Path, config: dict[str, Any], model_info: dict[str, Any], keys: tuple[str, ...]
-) -> None:
-    """Raise when the stored run and the resuming one differ on a key that changes what is measured."""
-    stored_config = json.loads(file.attrs["config"])
-    stored_model = json.loads(file.attrs["model_info"])
-    diffs = [
-        f"{key}: {stored.get(key)!r} in the file, {new.get(key)!r} now"
-        for stored, new, names in (
-            (stored_config, config, keys),
-            (stored_model, model_info, schema.MODEL_KEYS),
+def _check_compatible(file: h5py.File, path: Path, config: dict[str, Any]) -> None:
+    """Raise unless the stored run's identity (every setting that changes a number) equals the resuming one's."""
+    stored = json.loads(file.attrs["config"]).get("identity")
+    if stored is None:
+        raise FlowlensError(
+            f"cannot resume {path}: it was written by an older flowlens that did not record every setting "
+            "that changes a number; start a new run"
         )
-        for key in names
-        if stored.get(key) != new.get(key)
+    diffs = [
+        f"{key}: {old!r} in the file, {new!r} now"
+        for key, old, new in _differences(stored, config.get("identity", {}))
     ]
     if diffs:
-        raise FlowlensError(
+        raise UsageError(
             f"cannot resume {path}: it was written with different settings ({'; '.join(diffs)}); "
-            "use the original settings or a new output file"
+            "use the original settings or a new output folder"
         )
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf where two JSON-like values differ (missing = None)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
 def _now() -> str:

@@ -19,18 +19,35 @@ from flowlens.store import schema
 from flowlens.store.records import AnswerReadout, SampleTrace
 from flowlens.store.rows import read_table
 
-RUN_FILES = ("trace.h5", "knockout.h5", "pathways.h5")
+
+def run_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The flowlens run files directly in `folder` (`trace.h5`, `knockout.h5`, ...), sorted by name."""
+    found = []
+    for path in sorted(Path(folder).glob("*.h5")):
+        try:
+            with h5py.File(path, "r", locking=False) as file:
+                if file.attrs.get("format") == schema.FORMAT:
+                    found.append(path)
+        except OSError:
+            continue
+    return found
 
 
-def open_run(path: str | os.PathLike[str]) -> Run:
-    """Open a run file (or the folder holding one: trace.h5, knockout.h5, pathways.h5) read-only.
+def open_run(path: str | os.PathLike[str], analysis: str | None = None) -> Run:
+    """Open a run file, or the folder holding it, read-only (works while a writer still appends).
 
-    Works while a writer still appends to the file.
+    A folder may hold several runs (a trace and a knockout written to one `--out`): name the one to open
+    with `analysis="knockout"` (or open the file itself).
     """
     if Path(path).is_dir():
-        found = [Path(path) / name for name in RUN_FILES if (Path(path) / name).is_file()]
+        found = run_files(path)
+        if analysis is not None:
+            found = [p for p in found if p.stem == analysis]
         if len(found) != 1:
-            raise FlowlensError(f"expected one of {', '.join(RUN_FILES)} in {path}, found {len(found)}")
+            names = ", ".join(p.name for p in run_files(path)) or "none"
+            hint = " (open one: open_run(folder, analysis=...) or the file itself)" if len(found) > 1 else ""
+            wanted = f"{analysis}.h5" if analysis else "one run file"
+            raise FlowlensError(f"expected {wanted} in {path}; run files there: {names}{hint}")
         path = found[0]
     return Run(path)
 

@@ -41,25 +41,6 @@ ARRAYS: dict[str, tuple[str, tuple[str, ...]]] = {
 RESID_VIDEO_DTYPE = "float16"
 RESID_VIDEO_AXES = ("video_token", "d_model")
 
-# Config keys that must agree between a run file and a run that resumes it (missing counts as null).
-RESUME_KEYS = (
-    "analysis",
-    "model",
-    "revision",
-    "frames",
-    "fps",
-    "dtype",
-    "template",
-    "prompt",
-    "blind",
-    "shuffle_frames",
-    "shuffle_seed",
-    "video_layers",
-    "resid_layers",
-    "resid_video_layers",
-    "attention",
-)
-MODEL_KEYS = ("model", "revision")
 
 MAX_CHUNK_BYTES = 1 << 20
 COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}

@@ -20,7 +20,7 @@ from flowlens.errors import FlowlensError, SampleError
 
 log = logging.getLogger("flowlens.data")
 
-_SPLIT = re.compile(r"^\s*(?P<name>[\w.-]*)\s*(?:\[\s*(?P<lo>-?\d*)\s*:\s*(?P<hi>-?\d*)\s*\])?\s*$")
+_SPLIT = re.compile(r"^\s*(?P<name>[\w.-]*)\s*(?:\[\s*(?P<lo>-?\d*%?)\s*:\s*(?P<hi>-?\d*%?)\s*\])?\s*$")
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,50 @@ def select(available: Sequence[str], wanted: Iterable[str] | None, benchmark: st
     return [a for a in available if norm(a) in keep]
 
 
-def parse_split(split: str | None) -> tuple[str | None, slice]:
-    """`test[:50]` -> ("test", slice(None, 50)); `val` -> ("val", slice(None)); `[10:20]` has no name."""
+@dataclass(frozen=True)
+class SplitPart:
+    """The rows a split slice selects, as `datasets` reads it: `[10:20]`, `[:50]`, `[-5:]`, `[:10%]`, `[10%:20%]`.
+
+    Percent bounds round to the closest row (`datasets`' default), counted on the rows being sliced.
+    """
+
+    lo: str = ""
+    hi: str = ""
+
+    @property
+    def whole(self) -> bool:
+        return not self.lo and not self.hi
+
+    def _bound(self, text: str, n: int) -> int | None:
+        if not text:
+            return None
+        if text.endswith("%"):
+            return int(round(float(text[:-1]) * n / 100))
+        return int(text)
+
+    def apply(self, rows: Sequence[Any]) -> list[Any]:
+        """The selected rows, in order."""
+        n = len(rows)
+        return list(rows)[self._bound(self.lo, n) : self._bound(self.hi, n)]
+
+    def __str__(self) -> str:
+        return "" if self.whole else f"[{self.lo}:{self.hi}]"
+
+
+def parse_split(split: str | None) -> tuple[str | None, SplitPart]:
+    """`test[:50]` -> ("test", rows :50); `val` -> ("val", every row); `[10:20]` has no name."""
     if split is None:
-        return None, slice(None)
+        return None, SplitPart()
     match = _SPLIT.match(str(split))
-    if not match:
-        raise FlowlensError(f"cannot read split {split!r}; write e.g. test, test[:50] or val[10:20]")
-    lo, hi = match["lo"], match["hi"]
-    return match["name"] or None, slice(int(lo) if lo else None, int(hi) if hi else None)
+    bounds = (match["lo"] or "", match["hi"] or "") if match else ("", "")
+    if not match or any(b in ("-", "%", "-%") for b in bounds):
+        raise FlowlensError(
+            f"cannot read split {split!r}; write e.g. test, test[:50], val[10:20] or test[:10%]"
+        )
+    for bound in bounds:
+        if bound.endswith("%") and not 0 <= abs(int(bound[:-1])) <= 100:
+            raise FlowlensError(f"split {split!r}: a percentage is between 0% and 100%")
+    return match["name"] or None, SplitPart(*bounds)
 
 
 def require_root(data_dir: str | Path | None, benchmark: str) -> Path:
@@ -84,7 +119,7 @@ def require_root(data_dir: str | Path | None, benchmark: str) -> Path:
     return root
 
 
-def require_no_split(split: str | None, benchmark: str, allowed: Sequence[str] = ("test",)) -> slice:
+def require_no_split(split: str | None, benchmark: str, allowed: Sequence[str] = ("test",)) -> SplitPart:
     """The slice of a benchmark with a single split (`test`); another split name is an error."""
     name, part = parse_split(split)
     if name is not None and name not in allowed:
@@ -169,10 +204,10 @@ class Collected:
                 + ", ".join(tasks)
             )
 
-    def finish(self, part: slice = slice(None), limit: int | None = None) -> SampleList:
+    def finish(self, part: SplitPart | None = None, limit: int | None = None) -> SampleList:
         """Entries in `part` (records, good or bad, as a split slice counts rows), up to `limit` samples."""
         out = SampleList(notes=self.notes)
-        for entry in self.entries[part]:
+        for entry in (part or SplitPart()).apply(self.entries):
             if limit is not None and len(out) >= limit:
                 break
             if isinstance(entry, LoadFailure):

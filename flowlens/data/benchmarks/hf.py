@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flowlens.data.benchmarks import mvbench, nextqa, table, tempcompass, videomme
-from flowlens.data.benchmarks.common import Collected, TaskFile, norm, read_json
+from flowlens.data.benchmarks.common import Collected, TaskFile, norm, parse_split, read_json
 from flowlens.data.jsonl import SampleList
 from flowlens.data.sample import Sample
 from flowlens.errors import FlowlensError, SampleError
@@ -123,7 +123,8 @@ def load_hf(
 ) -> SampleList:
     """Samples from a Hub dataset's split; video paths resolve under `data_dir` (default: current folder)."""
     repo, config = parse_name(name)
-    split = split or DEFAULT_SPLIT
+    split_name, part = parse_split(split or DEFAULT_SPLIT)
+    split = split_name or DEFAULT_SPLIT
     rows = fetch_rows(repo, config, split)
     kind = detect(repo, list(getattr(rows, "column_names", None) or []), columns is not None)
     root = Path(data_dir).expanduser() if data_dir is not None else Path.cwd()
@@ -134,4 +135,4 @@ def load_hf(
             out.fail(f"{repo}:{split}", line, str(parsed))
         elif isinstance(parsed, Sample) and (not keep or norm(parsed.metadata.get("task", "")) in keep):
             out.add(parsed, f"{repo}:{split}", line)
-    return out.finish(limit=limit)
+    return out.finish(part, limit)  # task filter, then the slice, then the limit, as for every dataset
