@@ -197,7 +197,11 @@ def test_failures_are_recorded_and_retried(tmp_path: Path, layout: TokenLayout) 
         assert run.failure_metadata("s1") == {"task": "order"}
         assert_same_trace(run.sample("s0"), random_trace(layout, "s0"))
         table = run.table("failures")
-        assert table.to_dict("list") == {"sample": ["s1", "s2"], "reason": list(run.failures.values())}
+        assert table[["sample", "reason"]].to_dict("list") == {
+            "sample": ["s1", "s2"],
+            "reason": list(run.failures.values()),
+        }
+        assert table["kind"].tolist() == ["other", "other"] and table["line"].isna().all()
     with RunWriter(path, CONFIG, MODEL, resume=True) as writer:  # a retried failure that succeeds is cleared
         writer.write_sample(random_trace(layout, "s2", 2))
         assert writer.failed() == {"s1": "SampleError: video has 0 frames"}

@@ -176,7 +176,10 @@ def test_tables_concatenate_rows_with_sample_and_task(tmp_path: Path, layout: To
             "correct": [1, 0],
         }
         assert run.table("answers")["sample"].tolist() == ["s0", "s1", "s2", "p0"]  # every kind of sample
-        assert run.table("failures").to_dict("list") == {"sample": ["s3"], "reason": ["CUDA out of memory"]}
+        assert run.table("failures")[["sample", "reason"]].to_dict("list") == {
+            "sample": ["s3"],
+            "reason": ["CUDA out of memory"],
+        }
         with pytest.raises(FlowlensError, match="no traced samples, so no 'frame_flow' table"):
             run.table("frame_flow")
         with pytest.raises(FlowlensError, match="no table 'knockouts'; tables: answers, failures, knockout"):

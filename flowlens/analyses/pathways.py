@@ -195,8 +195,8 @@ def auto_pathways(
 
     from flowlens.store.knockout_summary import summarize_knockout
 
-    sweep_options = sweep_options or SweepOptions()
-    options = options or PathwayOptions(frames=sweep_options.frames)
+    options = options or PathwayOptions(frames=sweep_options.frames if sweep_options else 8)
+    sweep_options = sweep_options or SweepOptions(frames=options.frames)
     samples = list(samples)
     block_set = BlockSet("auto", PRESETS["cross-frame"].curves + PRESETS["vql-to-ql"].curves)
     frames = []

@@ -185,7 +185,8 @@ def run_over_samples(
             except CompatError:
                 raise  # the installed transformers broke a mechanism: every sample would be wrong
             except (SampleError, FlowlensError) as exc:
-                writer.write_failure(str(sample.id), str(exc), sample.metadata)
+                video = sample.video if isinstance(sample.video, (str, Path)) else None
+                writer.write_failure(str(sample.id), str(exc), {**sample.metadata, "source": video and str(video)})
     run = open_run(path)
     if report:
         from flowlens.report.html import write_report

@@ -12,6 +12,7 @@ import pandas as pd
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
+from flowlens.data.failures import count_kinds
 from flowlens.errors import FlowlensError
 from flowlens.report import knockout
 from flowlens.report.figures import edge_figure, frame_flow_figure, mean_frame_flow
@@ -74,7 +75,9 @@ def report_context(run: Run) -> dict[str, Any]:
         "show_trace": show_trace,
         **knockouts,
         "n_failures": len(run.failures),
+        "failure_kinds": count_kinds(run.failures.values()),
         "n_scored": len(scored),
+        "n_unlabelled": len(answers) - len(scored),
         "accuracy": float(scored["correct"].astype(bool).mean()) if len(scored) else None,
         "tasks": _task_rows(answers),
         "failures": list(run.failures.items()),
@@ -150,22 +153,20 @@ def _answer_rows(answers: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _task_rows(answers: pd.DataFrame) -> list[dict[str, Any]]:
-    """Accuracy per task (only when the run has more than one task), then overall."""
-    scored = answers[answers["correct"].notna()].assign(task=answers["task"].fillna("-").astype(str))
-    groups = (
-        [(str(task), group) for task, group in scored.groupby("task", sort=True)]
-        if scored["task"].nunique() > 1
-        else []
-    )
+    """Accuracy per task (only when the run has more than one task), then overall; unlabelled samples counted apart."""
+    table = answers.assign(task=answers["task"].fillna("-").astype(str), labelled=answers["correct"].notna())
+    groups = [(str(t), g) for t, g in table.groupby("task", sort=True)] if table["task"].nunique() > 1 else []
     rows = []
-    for task, group in [*groups, ("all", scored)]:
-        correct = int(group["correct"].astype(bool).sum())
+    for task, group in [*groups, ("all", table)]:
+        scored = group[group["labelled"]]
+        correct = int((scored["correct"] == True).sum())  # noqa: E712 (nullable booleans)
         rows.append(
             {
                 "task": task,
-                "n": len(group),
+                "n": len(scored),
+                "unlabelled": int(len(group) - len(scored)),
                 "correct": correct,
-                "accuracy": correct / len(group) if len(group) else None,
+                "accuracy": correct / len(scored) if len(scored) else None,
             }
         )
     return rows

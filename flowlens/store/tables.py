@@ -102,8 +102,26 @@ def answers(run: Run) -> pd.DataFrame:
 
 
 def failures(run: Run) -> pd.DataFrame:
-    """sample, reason: every recorded failure."""
-    return pd.DataFrame({"sample": list(run.failures), "reason": list(run.failures.values())})
+    """sample, kind, reason, source, line: every recorded failure (source: the annotation file of a record
+    that never became a sample, or the sample's video; line: the record's line in that file)."""
+    from flowlens.data.failures import failure_kind
+
+    rows = []
+    for sample, reason in run.failures.items():
+        meta = run.failure_metadata(sample)
+        line = meta.get("line")
+        rows.append(
+            {
+                "sample": sample,
+                "kind": failure_kind(reason),
+                "reason": reason,
+                "source": meta.get("source"),
+                "line": int(line) if isinstance(line, int) else pd.NA,
+            }
+        )
+    table = pd.DataFrame(rows, columns=["sample", "kind", "reason", "source", "line"])
+    table["line"] = table["line"].astype("Int64")
+    return table
 
 
 def row_table(run: Run, name: str) -> pd.DataFrame:

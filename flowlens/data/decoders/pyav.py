@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,13 @@ DEFAULT_FPS = 1.0
 TRUNCATION_SLACK = 0.05  # a file decoding fewer than this share below its stored frame count is truncated
 
 
+def reason(exc: BaseException) -> str:
+    """An FFmpeg/OS error as words: `[Errno 1094995529] Invalid data found ...: 'x.mp4'` -> `invalid data found ...`."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(text)).split(": '")[0].strip()
+    return (text[:1].lower() + text[1:]) if text else type(exc).__name__
+
+
 class PyAVDecoder:
     """One video file; frame indices come from presentation timestamps, so a seek lands on exact frames."""
 
@@ -27,7 +35,7 @@ class PyAVDecoder:
         try:
             self._container = av.open(str(path))
         except self._errors as exc:
-            raise SampleError(f"cannot decode video {path}: {exc}") from exc
+            raise SampleError(f"cannot decode video {path}: {reason(exc)}") from exc
         if not self._container.streams.video:
             self.close()
             raise SampleError(f"cannot decode video {path}: no video stream")
@@ -57,7 +65,7 @@ class PyAVDecoder:
                 else:
                     raise ShortVideo(f"{self.path} ended before frame {target}")
         except self._errors as exc:
-            raise SampleError(f"cannot decode video {self.path}: {exc} (corrupt or truncated file)") from exc
+            raise SampleError(f"cannot decode video {self.path}: {reason(exc)} (corrupt or truncated file)") from exc
         rows = [picked[int(i)] for i in indices]
         if len({r[0].shape for r in rows}) > 1:
             raise SampleError(f"cannot decode video {self.path}: the frame size changes within the video")
@@ -68,7 +76,7 @@ class PyAVDecoder:
         try:
             n = sum(1 for _ in self._frames_from(0))
         except self._errors as exc:
-            raise SampleError(f"cannot decode video {self.path}: {exc} (corrupt or truncated file)") from exc
+            raise SampleError(f"cannot decode video {self.path}: {reason(exc)} (corrupt or truncated file)") from exc
         if n == 0:
             raise SampleError(f"empty video: no frames decode from {self.path}")
         if self._stored and n < self._stored * (1 - TRUNCATION_SLACK) - 1:
@@ -113,7 +121,7 @@ class PyAVDecoder:
             n = sum(1 for packet in self._container.demux(self._stream) if packet.size)
         except self._errors as exc:
             self.close()
-            raise SampleError(f"cannot decode video {self.path}: {exc}") from exc
+            raise SampleError(f"cannot decode video {self.path}: {reason(exc)}") from exc
         if n == 0:
             self.close()
             raise SampleError(f"empty video: no frames in {self.path}")
