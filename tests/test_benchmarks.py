@@ -276,7 +276,7 @@ def test_cli_eval_takes_the_same_dataset_options(tmp_path, capsys, monkeypatch):
     assert [row["task"] for row in report["summary"]] == ["action_sequence", "all"]
     assert report["failures"] == [
         {
-            "id": "action_sequence/1",
+            "sample": "action_sequence/1",
             "reason": f"video not found: {root / 'video/action_sequence/OY3LS.mp4'}",
             "task": "action_sequence",
         }

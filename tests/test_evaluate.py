@@ -70,8 +70,8 @@ def test_failed_samples_are_counted_and_the_run_goes_on(tmp_path):
     assert any("video not found" in r for r in reasons) and any("invalid JSON" in r for r in reasons)
     overall = result.summary.set_index("task").loc["all"]
     assert overall["n"] == 4 and overall["failed"] == 2
-    scored = result.samples.dropna(subset=["prediction"])
-    for probs, letter in zip(scored["probs"], scored["prediction_letter"], strict=True):
+    scored = result.samples.dropna(subset=["predicted"])
+    for probs, letter in zip(scored["probs"], scored["predicted_letter"], strict=True):
         assert 0 < sum(probs.values()) <= 1 + 1e-6  # softmax over the whole vocabulary, option letters only
         assert letter == max(probs, key=probs.get)
 

@@ -1,5 +1,5 @@
 """Multiple-choice accuracy per sample and task: the answer at `last` as the paper reads it (argmax over the
-whole vocabulary, fp32 head), with the letter-restricted answer as `prediction_letter` / `accuracy_letter`.
+whole vocabulary, fp32 head), with the letter-restricted answer as `predicted_letter` / `accuracy_letter`.
 
 Like every analysis it runs through the shared loop into `DIR/eval.h5` (resume, failures, report); the
 blind (blank frames) and shuffled-frame controls are options of the run.
@@ -91,12 +91,12 @@ class EvalResult:
         letters = [c for c in answers.columns if c.startswith("p_")]
         samples = pd.DataFrame(
             {
-                "id": table["sample"],
+                "sample": table["sample"],
                 "task": table["task"].fillna(NO_TASK).astype(str),
                 "answer": table["answer"],
-                "prediction": table["predicted"],
+                "predicted": table["predicted"],
                 "correct": table["correct"],
-                "prediction_letter": table["predicted_letter"],
+                "predicted_letter": table["predicted_letter"],
                 "correct_letter": table["correct_letter"],
                 "p_answer": table.get("p_answer"),
                 "probs": [
@@ -108,7 +108,7 @@ class EvalResult:
             }
         )
         failures = [
-            {"id": sample, "reason": reason, "task": run.failure_metadata(sample).get("task")}
+            {"sample": sample, "reason": reason, "task": run.failure_metadata(sample).get("task")}
             for sample, reason in run.failures.items()
         ]
         failed_tasks = pd.Series([f["task"] or NO_TASK for f in failures], dtype=object)

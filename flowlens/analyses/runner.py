@@ -186,7 +186,9 @@ def run_over_samples(
                 raise  # the installed transformers broke a mechanism: every sample would be wrong
             except (SampleError, FlowlensError) as exc:
                 video = sample.video if isinstance(sample.video, (str, Path)) else None
-                writer.write_failure(str(sample.id), str(exc), {**sample.metadata, "source": video and str(video)})
+                writer.write_failure(
+                    str(sample.id), str(exc), {**sample.metadata, "source": video and str(video)}
+                )
     run = open_run(path)
     if report:
         from flowlens.report.html import write_report

@@ -82,7 +82,7 @@ def _resolve_source(name: str, layers: int | None) -> str:
         if not (toy / "config.json").exists():
             raise ModelNotFoundError(
                 "the toy model's weights are not in this installation; train them with "
-                "`python -m flowlens.zoo.train_toy` or use tiny:<family>"
+                "`python -m flowlens.zoo.train_toy --install` or use tiny:<family>"
             )
         return str(toy)
     if Path(name).expanduser().is_dir():

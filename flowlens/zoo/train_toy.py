@@ -301,7 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m flowlens.zoo.train_toy", description=__doc__.splitlines()[0]
     )
     defaults = TrainConfig()
-    parser.add_argument("--out", type=Path, default=TOY_DIR, help=f"output folder (default: {TOY_DIR})")
+    parser.add_argument(
+        "--out", type=Path, default=Path("artifacts/toy"), help="output folder (default: artifacts/toy)"
+    )
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help=f"write into the installed package instead ({TOY_DIR}), replacing the shipped toy model",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--train-size", type=int, default=defaults.train_size)
@@ -311,11 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(
         seed=args.seed, epochs=args.epochs, train_size=args.train_size, batch_size=args.batch_size, lr=args.lr
     )
-    log = run(cfg, args.out)
+    out = TOY_DIR if args.install else args.out
+    log = run(cfg, out)
     print(
         json.dumps(
             {
-                "out": str(args.out),
+                "out": str(out),
                 "final_val_accuracy": log["final_val_accuracy"],
                 "wall_time_s": log["wall_time_s"],
             },

@@ -42,6 +42,8 @@ def fetch_rows(repo: str, config: str | None, split: str) -> Any:
         raise FlowlensError(
             "hf: datasets need the `datasets` package: pip install 'flowlens[hf]' (or pip install datasets)"
         ) from exc
+    if not Path(repo).expanduser().exists():
+        _offline_unless_reachable(datasets)
     try:
         return datasets.load_dataset(repo, config, split=split)
     # datasets raises many types (network, missing config, bad split): all become one line
@@ -57,6 +59,24 @@ def fetch_rows(repo: str, config: str | None, split: str) -> Any:
         raise FlowlensError(
             f"cannot load Hugging Face dataset {repo!r} split {split!r}: {first}{hint}"
         ) from exc
+
+
+def _offline_unless_reachable(datasets: Any) -> None:
+    """When the Hub does not answer (one 3 s TCP check), switch `datasets` and the Hub client to offline mode,
+    so a dataset that is not cached fails at once instead of after ~30 s of HTTP retries."""
+    import os
+
+    from flowlens.models.loading import hub_reachable
+
+    if hub_reachable():
+        return
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import huggingface_hub.constants
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if hasattr(datasets.config, name):
+            setattr(datasets.config, name, True)
 
 
 def detect(repo: str, columns: Sequence[str], mapped: bool) -> str:

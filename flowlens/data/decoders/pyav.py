@@ -65,7 +65,9 @@ class PyAVDecoder:
                 else:
                     raise ShortVideo(f"{self.path} ended before frame {target}")
         except self._errors as exc:
-            raise SampleError(f"cannot decode video {self.path}: {reason(exc)} (corrupt or truncated file)") from exc
+            raise SampleError(
+                f"cannot decode video {self.path}: {reason(exc)} (corrupt or truncated file)"
+            ) from exc
         rows = [picked[int(i)] for i in indices]
         if len({r[0].shape for r in rows}) > 1:
             raise SampleError(f"cannot decode video {self.path}: the frame size changes within the video")
@@ -76,7 +78,9 @@ class PyAVDecoder:
         try:
             n = sum(1 for _ in self._frames_from(0))
         except self._errors as exc:
-            raise SampleError(f"cannot decode video {self.path}: {reason(exc)} (corrupt or truncated file)") from exc
+            raise SampleError(
+                f"cannot decode video {self.path}: {reason(exc)} (corrupt or truncated file)"
+            ) from exc
         if n == 0:
             raise SampleError(f"empty video: no frames decode from {self.path}")
         if self._stored and n < self._stored * (1 - TRUNCATION_SLACK) - 1:
