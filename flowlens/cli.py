@@ -254,6 +254,8 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     control.dataset = _dataset_config(args, template)
     for warning in analysis.check(lm, options, extra):
         print(f"warning: {warning}", file=sys.stderr)
+    for line in analysis.announce(lm, samples, options):
+        print(line, file=sys.stderr)
     run = analysis.run(lm, samples, options, control, **extra)
     code = _exit_code(run)
     report = run.path.with_suffix(".html")

@@ -54,6 +54,10 @@ class Analysis:
         """Refuse options the model cannot run (FlowlensError); return warnings to print."""
         return []
 
+    def announce(self, lm: VideoLM, samples: Any, options: Any) -> list[str]:
+        """Lines printed before the run (sizes, time); raise FlowlensError to refuse it (e.g. over --max-gb)."""
+        return []
+
     def run(self, lm: VideoLM, samples: Any, options: Any, control: RunControl, **extra: Any) -> Run:
         raise NotImplementedError
 

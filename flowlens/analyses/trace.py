@@ -10,10 +10,13 @@ import torch
 from flowlens.analyses.options import check_layers, option, positive
 from flowlens.analyses.readout import answer_readout, final_hidden, head_logits_fp32
 from flowlens.data.sample import Sample
+from flowlens.engine.activations import ActivationCapture
 from flowlens.engine.backend import active_handler, language_attention
 from flowlens.engine.capture import CaptureOptions, FlowCapture
 from flowlens.engine.residuals import ResidualCapture
+from flowlens.engine.sizing import estimate_trace_size
 from flowlens.errors import FlowlensError
+from flowlens.hooks import DTYPES, ActivationSpec, estimate_bytes
 from flowlens.store.records import SampleTrace
 
 if TYPE_CHECKING:
@@ -29,14 +32,35 @@ class TraceOptions:
     video_layers: list[int] = option(
         [], "also store every video token's residual at these layers (0-based)", metavar="LAYER"
     )
+    activations: list[str] = option(
+        [],
+        "also store these activations: HOOKS@GROUPS, e.g. 'blocks.*.hook_resid_post@last,video' "
+        "(hooks: blocks.<l>.hook_resid_pre|mid|post, hook_attn_out, hook_mlp_out; groups: layout groups, frame_mean)",
+        metavar="SPEC",
+    )
+    activations_dtype: str = option("float16", "dtype of stored activations", choices=tuple(DTYPES))
+    max_gb: float | None = option(
+        None, "refuse a run whose stored arrays would exceed this many GB (before compression)", affects_results=False
+    )
 
     def __post_init__(self) -> None:
         positive("frames", self.frames)
+        positive("max_gb", self.max_gb)
         self.video_layers = sorted({int(x) for x in self.video_layers})
+        self.activations = [str(ActivationSpec.parse(text)) for text in self.activations]
+        if self.activations_dtype not in DTYPES:
+            raise FlowlensError(f"--activations-dtype {self.activations_dtype!r}: use one of {', '.join(DTYPES)}")
 
     def check(self, n_layers: int) -> None:
         """Refuse layers the model does not have."""
         check_layers("video_layers", self.video_layers, n_layers)
+        for text in self.activations:
+            ActivationSpec.parse(text).hooks(n_layers)
+
+    def bytes_per_sample(self, layout: TokenLayout) -> int:
+        """What one sample stores (trace arrays and activations) before compression."""
+        size = estimate_trace_size(layout, len(self.video_layers)).total
+        return size + estimate_bytes(self.activations, layout, self.activations_dtype)
 
 
 def check_context(lm: VideoLM, layout: TokenLayout) -> None:
@@ -55,10 +79,12 @@ def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = Non
     check_context(lm, layout)
     capture = FlowCapture(layout, lm.device, CaptureOptions())
     residuals = ResidualCapture(layout, lm.device, options.video_layers)
+    chosen = ActivationCapture(layout, options.activations, options.activations_dtype)
     with (
         language_attention(lm.model),
         active_handler(capture, expected_calls=layout.n_layers),
         residuals.attached(lm.adapter.language_layers()),
+        chosen.attached(lm.adapter.language_layers(), lm.adapter.block_parts),
         final_hidden(lm) as grab,
     ):
         lm.model(**inputs, logits_to_keep=1)
@@ -75,6 +101,7 @@ def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = Non
         resid_video=residuals.resid_video(),
         answer=answer_readout(logits, layout, lm.tokenizer),
         metadata=_jsonable(sample.metadata),
+        activations=chosen.result(),
     )
 
 

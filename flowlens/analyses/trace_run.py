@@ -11,6 +11,7 @@ from flowlens.analyses.registry import Analysis, register_analysis
 from flowlens.analyses.runner import RunControl, run_analysis
 from flowlens.analyses.trace import TraceOptions, trace_sample
 from flowlens.data.sample import Sample
+from flowlens.errors import FlowlensError, UsageError
 from flowlens.store.hdf5 import RunWriter
 from flowlens.store.run import Run
 
@@ -31,6 +32,8 @@ def trace(
     """
     options = options or TraceOptions()
     options.check(lm.n_layers)
+    if options.max_gb is not None:
+        storage_notice(lm, samples, options)  # refuses a run over the limit before any forward
 
     def write_one(writer: RunWriter, sample: Sample) -> None:
         writer.write_sample(trace_sample(lm, sample, options))
@@ -46,6 +49,26 @@ def trace(
     )
 
 
+def storage_notice(lm: VideoLM, samples: Any, options: TraceOptions) -> str:
+    """What the run will store (from the first sample's layout); a FlowlensError when over `max_gb`."""
+    from flowlens.engine.sizing import estimate_trace_size, human_bytes
+
+    samples = list(samples)
+    if not samples:
+        return ""
+    _, layout = lm.prepare(samples[0], frames=options.frames)
+    per_sample = options.bytes_per_sample(layout)
+    total = per_sample * len(samples)
+    full = estimate_trace_size(layout).full_attention_fp16
+    text = (
+        f"tracing {len(samples)} samples of {layout.seq_len} tokens: ~{human_bytes(per_sample)} each, "
+        f"~{human_bytes(total)} in all before compression (full attention maps would be {human_bytes(full)} each)"
+    )
+    if options.max_gb is not None and total > options.max_gb * 1e9:
+        raise UsageError(f"{text}: more than --max-gb {options.max_gb:g} GB; store fewer activations or samples")
+    return text
+
+
 @register_analysis
 class TraceAnalysis(Analysis):
     name = "trace"
@@ -55,6 +78,14 @@ class TraceAnalysis(Analysis):
     def check(self, lm: VideoLM, options: TraceOptions, extra: dict[str, Any]) -> list[str]:
         options.check(lm.n_layers)
         return []
+
+    def announce(self, lm: VideoLM, samples: Any, options: TraceOptions) -> list[str]:
+        try:
+            return [storage_notice(lm, samples, options)]
+        except UsageError:
+            raise
+        except FlowlensError:
+            return []  # the first sample fails again inside the run, where its reason is recorded
 
     def run(self, lm: VideoLM, samples: Any, options: TraceOptions, control: RunControl, **extra: Any) -> Run:
         return trace(lm, samples, control.out, options, **control.kwargs())

@@ -107,6 +107,10 @@ class VideoAdapter:
         """The decoder layers of the language model (the ones flowlens traces and intervenes on)."""
         return self.language_model().layers
 
+    def block_parts(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """A decoder layer's attention and MLP modules (their outputs are `hook_attn_out` / `hook_mlp_out`)."""
+        return layer.self_attn, layer.mlp
+
     def output_head(self) -> nn.Module:
         """The unembedding applied to the language model's final (normed) hidden state."""
         return compat.output_head(self.model)

@@ -15,6 +15,7 @@ import numpy as np
 
 import flowlens
 from flowlens.errors import FlowlensError, UsageError
+from flowlens.hooks import FRAME_MEAN, group_rows, parse_hook
 from flowlens.models.layout import TokenLayout
 from flowlens.store import rows, schema
 from flowlens.store.records import AnswerReadout, SampleTrace
@@ -79,12 +80,13 @@ class RunWriter:
     def write_sample(self, trace: SampleTrace) -> None:
         """Store one sample's trace, mark it complete and flush; a failed write leaves no group behind."""
         arrays = _checked_arrays(trace)
+        activations = _checked_activations(trace)
 
         def fill(group: h5py.Group) -> None:
             self._fill_sample(
                 group, trace.sample_id, schema.KIND_TRACE, trace.layout, trace.answer, trace.metadata
             )
-            self._fill_trace(group, arrays)
+            self._fill_trace(group, arrays, activations)
 
         self._commit(trace.sample_id, fill)
 
@@ -226,8 +228,10 @@ class RunWriter:
         data = np.frombuffer(layout.to_json().encode(), dtype=np.uint8)
         group.create_dataset(schema.LAYOUT, data=data, chunks=True, **schema.COMPRESSION)
 
-    def _fill_trace(self, group: h5py.Group, arrays: dict[str, np.ndarray]) -> None:
-        """A trace's checked arrays: probs, the reductions and `resid_video/<layer>`."""
+    def _fill_trace(
+        self, group: h5py.Group, arrays: dict[str, np.ndarray], activations: dict[str, dict[str, np.ndarray]]
+    ) -> None:
+        """A trace's checked arrays: probs, the reductions, `resid_video/<layer>` and `activations/<hook>/<group>`."""
         _create(group, schema.PROBS, arrays.pop(schema.PROBS), ("option",))
         for name, (_, axes) in schema.ARRAYS.items():
             _create(group, name, arrays.pop(name), axes)
@@ -236,6 +240,18 @@ class RunWriter:
             _create(
                 video, key.split("/", 1)[1], arrays[key], schema.RESID_VIDEO_AXES, lead=arrays[key].shape[0]
             )
+        stored = group.create_group(schema.ACTIVATIONS)
+        for name, groups in activations.items():
+            per_hook = stored.create_group(name)
+            for token_group, values in groups.items():
+                _create(
+                    per_hook,
+                    token_group,
+                    values,
+                    schema.ACTIVATION_AXES,
+                    lead=values.shape[0],
+                    compression=schema.ACTIVATION_COMPRESSION,
+                )
 
     def _flush(self) -> None:
         self._file.flush()
@@ -246,10 +262,17 @@ class RunWriter:
             os.close(fd)
 
 
-def _create(group: h5py.Group, name: str, data: np.ndarray, axes: tuple[str, ...], lead: int = 1) -> None:
-    """One chunked, gzip-compressed dataset with its axis names in the `axes` attribute."""
+def _create(
+    group: h5py.Group,
+    name: str,
+    data: np.ndarray,
+    axes: tuple[str, ...],
+    lead: int = 1,
+    compression: dict[str, Any] | None = None,
+) -> None:
+    """One chunked, compressed dataset (gzip unless told otherwise) with its axis names in the `axes` attribute."""
     chunks = schema.chunk_shape(data.shape, data.dtype.itemsize, lead=lead)
-    options = {"chunks": chunks, **schema.COMPRESSION} if chunks else {}
+    options = {"chunks": chunks, **(compression or schema.COMPRESSION)} if chunks else {}
     group.create_dataset(name, data=data, **options).attrs["axes"] = list(axes)
 
 
@@ -277,6 +300,25 @@ def _checked_arrays(trace: SampleTrace) -> dict[str, np.ndarray]:
         arrays[key] = _cast(trace.sample_id, key, value, schema.RESID_VIDEO_DTYPE, (n_video, d_model))
     arrays[schema.PROBS] = _checked_probs(trace.sample_id, trace.answer)
     return arrays
+
+
+def _checked_activations(trace: SampleTrace) -> dict[str, dict[str, np.ndarray]]:
+    """The trace's activations after checking names, dtypes and shapes against the layout."""
+    layout = trace.layout
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, groups in trace.activations.items():
+        layer, _ = parse_hook(name)
+        if not 0 <= layer < layout.n_layers:
+            raise ValueError(f"sample {trace.sample_id}: activation {name} is not in [0, {layout.n_layers}) layers")
+        for group, values in groups.items():
+            if group != FRAME_MEAN and group not in layout:
+                raise ValueError(f"sample {trace.sample_id}: activation group {group!r} is not in the layout")
+            array = np.asarray(values)
+            if array.dtype not in (np.float16, np.float32):
+                raise ValueError(f"sample {trace.sample_id}: {name}@{group} is {array.dtype}, not float16/32")
+            shape = (group_rows(layout, group), layout.d_model)
+            out.setdefault(name, {})[group] = _cast(trace.sample_id, f"{name}@{group}", array, array.dtype, shape)
+    return out
 
 
 def _checked_probs(sample_id: str, answer: AnswerReadout) -> np.ndarray:

@@ -51,6 +51,8 @@ class SampleTrace:
     Residual stream (float16), TransformerLens names `blocks.{l}.hook_resid_post`:
     - `resid_last` (L, D) at `last`; `resid_frame_mean` (L, F, D) mean over each frame group's feature tokens;
     - `resid_video` {layer: (V, D)} every video token at the chosen layers (optional).
+    - `activations` {hook name: {group: (rows, D)}}: what `--activations` selected (optional; rows are the
+      group's positions in order, or one per frame group for `frame_mean`).
     """
 
     sample_id: str
@@ -64,6 +66,7 @@ class SampleTrace:
     answer: AnswerReadout
     resid_video: dict[int, np.ndarray] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    activations: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def segments(self) -> list[str]:

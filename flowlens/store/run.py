@@ -174,6 +174,28 @@ class Run:
             raise FlowlensError(f"sample {sample_id!r} has no array {name!r}; arrays: {', '.join(valid)}")
         return group[name][()]
 
+    def activations(self, hook: str, group: str = "last", samples: list[str] | None = None) -> Any:
+        """One hook's stored rows at one token group, across samples (read lazily, this hook only).
+
+        Returns `Activations(values (N, d_model), index DataFrame[sample, position, frame, row, col])`;
+        see `flowlens.store.activations`.
+        """
+        from flowlens.store.activations import read_activations
+
+        return read_activations(self, hook, group, samples)
+
+    def activation_table(self, hook: str, group: str = "last", samples: list[str] | None = None) -> pd.DataFrame:
+        """`activations` as a tidy table: sample, position, frame, row, col, then d0, d1, ..."""
+        from flowlens.store.activations import activation_table
+
+        return activation_table(self, hook, group, samples)
+
+    def activation_names(self, sample_id: str | None = None) -> list[tuple[str, str]]:
+        """(hook, group) pairs a traced sample holds (default: the first one)."""
+        from flowlens.store.activations import activation_names
+
+        return activation_names(self, sample_id)
+
     def resid_video_layers(self, sample_id: str) -> list[int]:
         """Layers at which every video token's residual was stored for this sample."""
         return sorted(int(k) for k in self._trace_group(sample_id)[schema.RESID_VIDEO])
@@ -183,12 +205,17 @@ class Run:
         group = self._trace_group(sample_id)
         arrays = {name: group[name][()] for name in schema.ARRAYS}
         video = {int(k): v[()] for k, v in group[schema.RESID_VIDEO].items()}
+        activations = {
+            hook: {token_group: data[()] for token_group, data in per_hook.items()}
+            for hook, per_hook in group.get(schema.ACTIVATIONS, {}).items()
+        }
         return SampleTrace(
             sample_id=sample_id,
             layout=self.layout(sample_id),
             answer=self.answer(sample_id),
             resid_video=dict(sorted(video.items())),
             metadata=self.metadata(sample_id),
+            activations=activations,
             **arrays,
         )
 

@@ -40,6 +40,10 @@ ARRAYS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 RESID_VIDEO_DTYPE = "float16"
 RESID_VIDEO_AXES = ("video_token", "d_model")
+ACTIVATIONS = "activations"  # activations/<hook name>/<group>: (rows, d_model) float16 or float32
+ACTIVATION_AXES = ("row", "d_model")
+# Activations are large and compress little: LZF (fast) with the byte shuffle, not gzip.
+ACTIVATION_COMPRESSION = {"compression": "lzf", "shuffle": True}
 
 
 MAX_CHUNK_BYTES = 1 << 20
