@@ -46,7 +46,9 @@ class ActivationSpec:
     def parse(cls, text: str) -> ActivationSpec:
         """`blocks.*.hook_resid_post@last,video` (several hook patterns may be joined by `+`)."""
         if text.count("@") != 1:
-            raise FlowlensError(f"an activation spec is HOOKS@GROUPS, e.g. blocks.*.hook_resid_post@last,video; got {text!r}")
+            raise FlowlensError(
+                f"an activation spec is HOOKS@GROUPS, e.g. blocks.*.hook_resid_post@last,video; got {text!r}"
+            )
         hooks, groups = text.split("@")
         patterns = tuple(p.strip() for p in hooks.split("+") if p.strip())
         names = tuple(g.strip() for g in groups.split(",") if g.strip())
@@ -54,7 +56,11 @@ class ActivationSpec:
             raise FlowlensError(f"activation spec {text!r} names no hook or no group")
         for pattern in patterns:
             parts = pattern.split(".")
-            if len(parts) != 3 or parts[0] != "blocks" or not any(fnmatch.fnmatchcase(h, parts[2]) for h in HOOKS):
+            if (
+                len(parts) != 3
+                or parts[0] != "blocks"
+                or not any(fnmatch.fnmatchcase(h, parts[2]) for h in HOOKS)
+            ):
                 raise FlowlensError(
                     f"{pattern!r} matches no hook; hooks are blocks.<layer>.<{'|'.join(HOOKS)}>, globs allowed"
                 )
@@ -85,7 +91,9 @@ def resolve(specs: list[str] | tuple[str, ...], layout: TokenLayout) -> dict[str
         spec = ActivationSpec.parse(text)
         for group in spec.groups:
             if group != FRAME_MEAN and group not in layout:
-                raise FlowlensError(f"activation group {group!r} is not in the layout; groups: {', '.join(layout.groups)}")
+                raise FlowlensError(
+                    f"activation group {group!r} is not in the layout; groups: {', '.join(layout.groups)}"
+                )
         for name in spec.hooks(layout.n_layers):
             kept = out.setdefault(name, [])
             kept += [g for g in spec.groups if g not in kept]

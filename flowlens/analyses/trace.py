@@ -40,7 +40,9 @@ class TraceOptions:
     )
     activations_dtype: str = option("float16", "dtype of stored activations", choices=tuple(DTYPES))
     max_gb: float | None = option(
-        None, "refuse a run whose stored arrays would exceed this many GB (before compression)", affects_results=False
+        None,
+        "refuse a run whose stored arrays would exceed this many GB (before compression)",
+        affects_results=False,
     )
 
     def __post_init__(self) -> None:
@@ -49,7 +51,9 @@ class TraceOptions:
         self.video_layers = sorted({int(x) for x in self.video_layers})
         self.activations = [str(ActivationSpec.parse(text)) for text in self.activations]
         if self.activations_dtype not in DTYPES:
-            raise FlowlensError(f"--activations-dtype {self.activations_dtype!r}: use one of {', '.join(DTYPES)}")
+            raise FlowlensError(
+                f"--activations-dtype {self.activations_dtype!r}: use one of {', '.join(DTYPES)}"
+            )
 
     def check(self, n_layers: int) -> None:
         """Refuse layers the model does not have."""

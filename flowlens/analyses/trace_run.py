@@ -65,7 +65,9 @@ def storage_notice(lm: VideoLM, samples: Any, options: TraceOptions) -> str:
         f"~{human_bytes(total)} in all before compression (full attention maps would be {human_bytes(full)} each)"
     )
     if options.max_gb is not None and total > options.max_gb * 1e9:
-        raise UsageError(f"{text}: more than --max-gb {options.max_gb:g} GB; store fewer activations or samples")
+        raise UsageError(
+            f"{text}: more than --max-gb {options.max_gb:g} GB; store fewer activations or samples"
+        )
     return text
 
 

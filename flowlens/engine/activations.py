@@ -85,7 +85,9 @@ class ActivationCapture:
                 self._keep(hook_name(index, "hook_resid_mid"), self._pre[index] + out)
 
         def mlp(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
-            self._keep(hook_name(index, "hook_mlp_out"), (output[0] if isinstance(output, tuple) else output)[0])
+            self._keep(
+                hook_name(index, "hook_mlp_out"), (output[0] if isinstance(output, tuple) else output)[0]
+            )
 
         return pre, post, attn, mlp
 
@@ -110,7 +112,9 @@ class ActivationCapture:
 
     def result(self) -> dict[str, dict[str, np.ndarray]]:
         """hook name -> group -> (rows, d_model) array; every wanted (hook, group) must have been seen."""
-        missing = [f"{n}@{g}" for n, groups in self.wanted.items() for g in groups if g not in self.values.get(n, {})]
+        missing = [
+            f"{n}@{g}" for n, groups in self.wanted.items() for g in groups if g not in self.values.get(n, {})
+        ]
         if missing:
             raise RuntimeError(f"no activations captured for {', '.join(missing[:5])}")
         return self.values

@@ -16,6 +16,7 @@ from flowlens.data.failures import count_kinds
 from flowlens.errors import FlowlensError
 from flowlens.report import knockout
 from flowlens.report.figures import edge_figure, frame_flow_figure, mean_frame_flow
+from flowlens.report.sections import build_sections
 from flowlens.store.knockout_summary import summarize_knockout
 from flowlens.store.run import Run, open_run
 
@@ -60,6 +61,9 @@ def report_context(run: Run) -> dict[str, Any]:
         if len(summary):
             figures["edge-flow"] = edge_figure(summary).to_json()
     knockouts = _knockout_context(run, figures)
+    sections = build_sections(run)
+    for section in sections:
+        figures.update({key: figure.to_json() for key, figure in section.figures.items()})
     scored = answers[answers["correct"].notna()]
     return {
         "title": f"flowlens report: {run.model_info.get('model') or run.config.get('model') or run.path.name}",
@@ -82,6 +86,7 @@ def report_context(run: Run) -> dict[str, Any]:
         "tasks": _task_rows(answers),
         "failures": list(run.failures.items()),
         "frame_mean": frame_mean,
+        "sections": sections,
         "answer_rows": _answer_rows(answers.head(MAX_SAMPLE_ROWS)),
         "answer_rows_hidden": max(0, len(answers) - MAX_SAMPLE_ROWS),
         "figures": Markup(_script_safe(json.dumps({k: json.loads(v) for k, v in figures.items()}))),

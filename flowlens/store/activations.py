@@ -47,7 +47,12 @@ def row_index(layout: TokenLayout, group: str) -> dict[str, np.ndarray]:
     if group == FRAME_MEAN:
         n = layout.n_frames
         minus = np.full(n, -1, dtype=np.int64)
-        return {"position": minus, "frame": np.arange(n, dtype=np.int64), "row": minus.copy(), "col": minus.copy()}
+        return {
+            "position": minus,
+            "frame": np.arange(n, dtype=np.int64),
+            "row": minus.copy(),
+            "col": minus.copy(),
+        }
     positions = np.asarray(layout[group], dtype=np.int64)
     frame = np.full(positions.size, -1, dtype=np.int64)
     for f, name in enumerate(layout.frame_groups):
@@ -99,7 +104,9 @@ def read_activations(run: Run, hook: str, group: str, samples: list[str] | None 
         values = stored[()]
         index = row_index(run.layout(sample), group)
         if values.shape[0] != index["position"].size:
-            raise FlowlensError(f"sample {sample!r}: {hook}@{group} holds {values.shape[0]} rows, not {index['position'].size}")
+            raise FlowlensError(
+                f"sample {sample!r}: {hook}@{group} holds {values.shape[0]} rows, not {index['position'].size}"
+            )
         blocks.append(values)
         parts.append(pd.DataFrame({"sample": sample, **index}))
     if not blocks:
@@ -130,5 +137,7 @@ def activation_names(run: Run, sample: str | None = None) -> list[tuple[str, str
 def activation_table(run: Run, hook: str, group: str, samples: list[str] | None = None) -> pd.DataFrame:
     """The rows as a tidy table: the index columns, then one column per dimension (`d0`, `d1`, ...)."""
     found = read_activations(run, hook, group, samples)
-    values = pd.DataFrame(found.values.astype(np.float32), columns=[f"d{i}" for i in range(found.values.shape[1])])
+    values = pd.DataFrame(
+        found.values.astype(np.float32), columns=[f"d{i}" for i in range(found.values.shape[1])]
+    )
     return pd.concat([found.index, values], axis=1)

@@ -95,24 +95,37 @@ class RunWriter:
         sample_id: str,
         layout: TokenLayout,
         answer: AnswerReadout,
-        table: str,
-        columns: Mapping[str, np.ndarray | Sequence[Any]],
+        table: str | Mapping[str, Mapping[str, np.ndarray | Sequence[Any]]],
+        columns: Mapping[str, np.ndarray | Sequence[Any]] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store one sample as a row table (e.g. its knockout sweep) with its layout, clean answer and metadata.
+        """Store one sample as row tables (e.g. its knockout sweep) with its layout, clean answer and metadata.
 
-        Columns are equal-length 1-D str/int/float/bool values (else a FlowlensError); like `write_sample`,
-        the group is marked complete last and flushed, and a failed write leaves no group behind.
+        `table, columns` is one table; a mapping {table: columns} (and `columns=None`) stores several. Columns
+        are equal-length 1-D str/int/float/bool values (else a FlowlensError); like `write_sample`, the group
+        is marked complete last and flushed, and a failed write leaves no group behind.
         """
-        checked = rows.checked_columns(table, columns)
+        tables = dict(table) if isinstance(table, Mapping) else {table: columns or {}}
+        checked = {name: rows.checked_columns(name, cols) for name, cols in tables.items()}
         probs = _checked_probs(sample_id, answer)
 
         def fill(group: h5py.Group) -> None:
             self._fill_sample(group, sample_id, schema.KIND_ROWS, layout, answer, dict(metadata or {}))
             _create(group, schema.PROBS, probs, ("option",))
-            rows.write_table(group.create_group(schema.TABLES_GROUP), table, checked)
+            stored = group.create_group(schema.TABLES_GROUP)
+            for name, cols in checked.items():
+                rows.write_table(stored, name, cols)
 
         self._commit(sample_id, fill)
+
+    def write_run_table(self, table: str, columns: Mapping[str, np.ndarray | Sequence[Any]]) -> None:
+        """Store (or replace) a table of the whole run, not of one sample (e.g. probe accuracies per layer)."""
+        checked = rows.checked_columns(table, columns)
+        tables = self._file.require_group(schema.RUN_TABLES_GROUP)
+        if table in tables:
+            del tables[table]
+        rows.write_table(tables, table, checked)
+        self._flush()
 
     def write_failure(self, sample_id: str, reason: str, metadata: Mapping[str, Any] | None = None) -> None:
         """Record that `sample_id` failed and why; completed samples are never touched (retried on resume)."""
@@ -309,7 +322,9 @@ def _checked_activations(trace: SampleTrace) -> dict[str, dict[str, np.ndarray]]
     for name, groups in trace.activations.items():
         layer, _ = parse_hook(name)
         if not 0 <= layer < layout.n_layers:
-            raise ValueError(f"sample {trace.sample_id}: activation {name} is not in [0, {layout.n_layers}) layers")
+            raise ValueError(
+                f"sample {trace.sample_id}: activation {name} is not in [0, {layout.n_layers}) layers"
+            )
         for group, values in groups.items():
             if group != FRAME_MEAN and group not in layout:
                 raise ValueError(f"sample {trace.sample_id}: activation group {group!r} is not in the layout")
@@ -317,7 +332,9 @@ def _checked_activations(trace: SampleTrace) -> dict[str, dict[str, np.ndarray]]
             if array.dtype not in (np.float16, np.float32):
                 raise ValueError(f"sample {trace.sample_id}: {name}@{group} is {array.dtype}, not float16/32")
             shape = (group_rows(layout, group), layout.d_model)
-            out.setdefault(name, {})[group] = _cast(trace.sample_id, f"{name}@{group}", array, array.dtype, shape)
+            out.setdefault(name, {})[group] = _cast(
+                trace.sample_id, f"{name}@{group}", array, array.dtype, shape
+            )
     return out
 
 

@@ -184,7 +184,9 @@ class Run:
 
         return read_activations(self, hook, group, samples)
 
-    def activation_table(self, hook: str, group: str = "last", samples: list[str] | None = None) -> pd.DataFrame:
+    def activation_table(
+        self, hook: str, group: str = "last", samples: list[str] | None = None
+    ) -> pd.DataFrame:
         """`activations` as a tidy table: sample, position, frame, row, col, then d0, d1, ..."""
         from flowlens.store.activations import activation_table
 
@@ -221,9 +223,21 @@ class Run:
 
     # -------------------------------------------------------------------- tables
     def tables(self) -> list[str]:
-        """Names `table` accepts here: trace tables (unless every sample holds rows), answers, failures, row tables."""
-        trace = [] if self._kinds and not self.traced else list(schema.TRACE_TABLES)
-        return [*trace, *schema.RUN_TABLES, *self.row_tables]
+        """Names `table` accepts here: trace tables (unless every sample holds rows), answers, failures, row
+        tables, tables derived from them, and tables of the whole run."""
+        from flowlens.store.tables import derived_tables
+
+        trace = (
+            []
+            if (self._kinds and not self.traced) or (not self._kinds and self.run_tables)
+            else list(schema.TRACE_TABLES)
+        )
+        return [*trace, *schema.RUN_TABLES, *self.row_tables, *derived_tables(self), *self.run_tables]
+
+    @cached_property
+    def run_tables(self) -> list[str]:
+        """Tables stored for the whole run rather than per sample (e.g. `probes`)."""
+        return list(self._file.get(schema.RUN_TABLES_GROUP, {}))
 
     def table(self, name: str) -> pd.DataFrame:
         """A tidy table over the complete samples that have it; see docs/run-file.md for names and columns."""

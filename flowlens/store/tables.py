@@ -135,6 +135,31 @@ def row_table(run: Run, name: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)  # columns a sample lacks are missing values
 
 
+# Tables computed from other tables of a run (e.g. lens keyword statistics from `video_lens` rows), registered
+# by the analysis that owns them: name -> (the row table they need, builder).
+DERIVED: dict[str, tuple[str, Callable[[Run], pd.DataFrame]]] = {}
+
+
+def register_table(name: str, needs: str, builder: Callable[[Run], pd.DataFrame]) -> None:
+    """Make `run.table(name)` build a table from the run's `needs` row table (for analyses' summaries)."""
+    DERIVED[name] = (needs, builder)
+
+
+def derived_tables(run: Run) -> list[str]:
+    """Derived tables this run can build (their source table is present)."""
+    from flowlens.analyses.registry import analyses
+
+    analyses()  # the built-in analyses register their derived tables on import
+    return [name for name, (needs, _) in DERIVED.items() if needs in run.row_tables]
+
+
+def run_table(run: Run, name: str) -> pd.DataFrame:
+    """A table stored for the whole run (`RunWriter.write_run_table`)."""
+    from flowlens.store.rows import read_table
+
+    return read_table(run._file[schema.RUN_TABLES_GROUP][name])
+
+
 TABLES: dict[str, Callable[[Run], pd.DataFrame]] = {
     "frame_flow": frame_flow,
     "segment_flow": segment_flow,
@@ -146,8 +171,12 @@ TABLES: dict[str, Callable[[Run], pd.DataFrame]] = {
 
 def build_table(run: Run, name: str) -> pd.DataFrame:
     """The table called `name` if this run has it (`run.tables()`); otherwise a FlowlensError saying why."""
+    if name in run.run_tables:
+        return run_table(run, name)
     if name in run.row_tables:
         return row_table(run, name)
+    if name in derived_tables(run):
+        return DERIVED[name][1](run)
     if name in schema.TRACE_TABLES and name not in run.tables():
         raise FlowlensError(
             f"{run.path} has no traced samples, so no {name!r} table (its samples hold row tables); "
