@@ -46,7 +46,10 @@ def _quiet_transformers() -> None:
 
 # ------------------------------------------------------------------ shared flags
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="Hugging Face id, local folder, tiny:<family>, or toy")
+    parser.add_argument(
+        "model",
+        help="Hugging Face id, local folder, tiny:<family>, or toy (or a run folder, for analyses that read one)",
+    )
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:N, mps, or auto (cuda when present; default cpu)"
     )
@@ -69,9 +72,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
-        required=True,
+        default=None,
         help="synthetic, a benchmark (tvbench, mvbench, tempcompass, nextqa, videomme, tomato), "
-        "hf:<repo>[:<config>], or a .jsonl/.csv/.json file (see docs/datasets.md)",
+        "hf:<repo>[:<config>], or a .jsonl/.csv/.json file (see docs/datasets.md); required unless the "
+        "analysis runs on an existing run folder",
     )
     parser.add_argument(
         "--data-dir",
@@ -231,7 +235,7 @@ def _failure_kinds(reasons: Any) -> dict[str, int]:
 
 
 def _exit_code(run: Any) -> int:
-    if not run.samples:
+    if not run.samples and not run.run_tables:
         return EXIT_NOTHING
     return EXIT_SOME_FAILED if run.failures else EXIT_OK
 
@@ -241,10 +245,21 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     """Run one registered analysis over a dataset into a run file and its report."""
     from flowlens.analyses.options import from_args
     from flowlens.analyses.runner import RunControl
+    from flowlens.store.run import run_files
 
     analysis = args.analysis
     options = from_args(analysis.Options, args)  # bad values: a usage error before any work
     extra = analysis.resolve(args, options)
+    source = Path(args.model).expanduser()
+    if source.is_dir() and run_files(source) and args.dataset is None:  # `flowlens lens RUN_DIR`
+        control = RunControl(out=args.out or source, resume=args.resume, overwrite=args.overwrite)
+        control.check(analysis.run_file)
+        run = analysis.from_run(source, options, control, **extra)
+        return _finish(analysis, run, args)
+    if args.dataset is None:
+        raise UsageError(
+            f"`flowlens {analysis.name}` needs --dataset (or an existing run folder in place of the model)"
+        )
     control = RunControl(out=args.out, resume=args.resume, overwrite=args.overwrite)
     control.check(analysis.run_file)
     resolve_device(args.device)
@@ -256,7 +271,11 @@ def cmd_analysis(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     for line in analysis.announce(lm, samples, options):
         print(line, file=sys.stderr)
-    run = analysis.run(lm, samples, options, control, **extra)
+    return _finish(analysis, analysis.run(lm, samples, options, control, **extra), args)
+
+
+def _finish(analysis: Any, run: Any, args: argparse.Namespace) -> int:
+    """Print what a run did (text or --json) and return its exit code."""
     code = _exit_code(run)
     report = run.path.with_suffix(".html")
     if args.json:
@@ -271,7 +290,7 @@ def cmd_analysis(args: argparse.Namespace) -> int:
                     "failure_kinds": _failure_kinds(run.failures.values()),
                     "exit_code": code,
                     "dataset": run.config.get("dataset", {}),
-                    **(analysis.summary_json(run) if run.samples else {}),
+                    **(analysis.summary_json(run) if run.samples or run.run_tables else {}),
                 },
                 indent=2,
                 default=str,
@@ -279,7 +298,7 @@ def cmd_analysis(args: argparse.Namespace) -> int:
         )
         return code
     print(f"{analysis.name}: {len(run.samples)} samples into {run.path}; {len(run.failures)} failed")
-    if run.samples:
+    if run.samples or run.run_tables:
         for line in analysis.summary(run):
             print(f"  {line}")
     for sample_id, reason in list(run.failures.items())[:5]:

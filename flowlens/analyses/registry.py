@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flowlens.errors import FlowlensError
+from flowlens.errors import FlowlensError, UsageError
 
 if TYPE_CHECKING:
     from flowlens.analyses.runner import RunControl
@@ -60,6 +61,16 @@ class Analysis:
 
     def run(self, lm: VideoLM, samples: Any, options: Any, control: RunControl, **extra: Any) -> Run:
         raise NotImplementedError
+
+    def from_run(self, source: Path, options: Any, control: RunControl, **extra: Any) -> Run:
+        """Run on an existing run folder instead of a model and a dataset (`flowlens <name> RUN_DIR`).
+
+        Analyses that can (e.g. a lens or probes over stored activations) override this; `control.out`
+        defaults to the source folder.
+        """
+        raise UsageError(
+            f"`flowlens {self.name}` runs on a model and a dataset, not on an existing run folder"
+        )
 
     def summary(self, run: Run) -> list[str]:
         """Lines the CLI prints after the run (besides the counts and failures)."""
