@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.activations_speed import bench_activations
 from benchmarks.knockout_speed import bench_canary_cost, bench_knockout_speed
 from benchmarks.trace_speed import bench_trace_speed
 
@@ -63,6 +64,7 @@ def main() -> None:
         "tiny_forward.json": {"meta": meta, "tiny_forward_8_frames": bench_tiny_forward()},
         "trace_speed.json": {"meta": meta, "trace_vs_sdpa_vs_eager": bench_trace_speed(layers=8, repeats=3)},
         "knockout_speed.json": {"meta": meta, "vql_to_ql_sweep_32_layers": bench_knockout_speed(layers=32)},
+        "activations_speed.json": {"meta": meta, "resid_post_at_video_8_layers": bench_activations()},
         "canary_cost.json": {
             "meta": meta,
             "cross_frame_and_vql_to_ql_32_layers": bench_canary_cost(repeats=1),
