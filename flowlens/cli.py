@@ -22,6 +22,7 @@ from flowlens.errors import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     EXIT_USAGE,
+    DiskFullError,
     FlowlensError,
     NothingToDoError,
     UsageError,
@@ -442,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     except NothingToDoError as exc:
         print(f"flowlens: nothing done: {exc}", file=sys.stderr)
         return EXIT_NOTHING
-    except CompatError as exc:
+    except (CompatError, DiskFullError) as exc:
         print(f"flowlens: error: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
     except FlowlensError as exc:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+
 
 class FlowlensError(Exception):
     """A problem with the user's input or environment, reported without a traceback."""
@@ -27,6 +31,10 @@ class UsageError(FlowlensError):
     """The command line or call is inconsistent (found before any work is done); the CLI exits 2."""
 
 
+class DiskFullError(FlowlensError):
+    """The file system refused to store more (disk full, quota, file size limit); the CLI exits 4."""
+
+
 class NothingToDoError(FlowlensError):
     """Nothing could be run: no sample selected, or no sample succeeded where one was needed; the CLI exits 3."""
 
@@ -36,4 +44,28 @@ EXIT_OK = 0  # every sample succeeded
 EXIT_SOME_FAILED = 1  # some samples failed (reasons in the run file); the others are written
 EXIT_USAGE = 2  # bad arguments or input found before any work
 EXIT_NOTHING = 3  # no sample succeeded, or nothing to do
-EXIT_INTERNAL = 4  # a bug, or a dependency that broke a mechanism (CompatError)
+EXIT_INTERNAL = 4  # a bug, a dependency that broke a mechanism (CompatError), or a full disk (DiskFullError)
+
+# Write errors that mean "no room": what the CLI then says is wrong.
+NO_SPACE = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit reached",
+}
+
+
+def no_space(exc: BaseException) -> int | None:
+    """The errno of a write refused for lack of room (`NO_SPACE`), else None; h5py may give it only in its message."""
+    code = getattr(exc, "errno", None)
+    if code not in NO_SPACE:
+        found = re.search(r"errno = (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+    return code if code in NO_SPACE else None
+
+
+def disk_full(path: str | os.PathLike[str], code: int) -> DiskFullError:
+    """The one-line error for a write of `path` refused with `code` (one of `NO_SPACE`)."""
+    return DiskFullError(
+        f"{NO_SPACE[code]}: cannot write {path} ({os.strerror(code)}); free some space, then run the "
+        "same command with --resume (what was finished is kept)"
+    )

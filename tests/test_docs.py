@@ -62,7 +62,9 @@ def _check_names(code: str, where: str) -> None:
                             obj = importlib.import_module(f"{obj.__name__}.{name}")
                             continue
                         except (ImportError, AttributeError):
-                            raise AssertionError(f"{where}: flowlens has no {'.'.join(reversed(parts))}") from None
+                            raise AssertionError(
+                                f"{where}: flowlens has no {'.'.join(reversed(parts))}"
+                            ) from None
                     obj = getattr(obj, name)
 
 

@@ -5,6 +5,12 @@ What a run records splits in two: `settings` (every option, for the record) and 
 that changes a number: model, revision, dtype, prompt template, the dataset's identity and the options
 that affect results, derived from the options dataclass). A resumed run must match the stored identity
 exactly; the error lists every differing key with both values.
+
+A run stopped at any point (killed, or out of disk space) leaves a run file that opens and resumes: each
+sample is marked complete only once all of it is on disk, and the report is replaced in one rename. When
+the disk fills (or a quota or file size limit is reached) the run stops with a `DiskFullError` naming the
+file; the CLI prints that one line and exits 4, and the same command with `--resume` continues once there
+is room.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from tqdm.auto import tqdm
 
 from flowlens.compat import CompatError
 from flowlens.data.sample import Sample
-from flowlens.errors import FlowlensError, NothingToDoError, SampleError, UsageError
+from flowlens.errors import DiskFullError, FlowlensError, NothingToDoError, SampleError, UsageError
 from flowlens.store.hdf5 import RunWriter
 from flowlens.store.run import Run, open_run
 
@@ -164,7 +170,8 @@ def run_over_samples(
     A sample that cannot be used (missing video, no options, answer not an option, too long) is recorded
     as failed with its reason and the run goes on; so is a dataset line that failed to load
     (`samples.failures`, id `<file>:<line>`). With `resume`, finished samples are skipped. A run with no
-    sample at all is a `NothingToDoError`; a `CompatError` (transformers broke a mechanism) stops it.
+    sample at all is a `NothingToDoError`; a `CompatError` (transformers broke a mechanism) or a
+    `DiskFullError` stops it.
     """
     load_failures = list(getattr(samples, "failures", []))  # dataset lines that never became samples
     samples = list(samples)
@@ -182,8 +189,8 @@ def run_over_samples(
         for sample in tqdm(todo, desc=str(config["analysis"]), unit="sample", disable=not progress):
             try:
                 write_one(writer, sample)
-            except CompatError:
-                raise  # the installed transformers broke a mechanism: every sample would be wrong
+            except (CompatError, DiskFullError):
+                raise  # a broken mechanism or a full disk: every further sample would fail the same way
             except (SampleError, FlowlensError) as exc:
                 video = sample.video if isinstance(sample.video, (str, Path)) else None
                 writer.write_failure(

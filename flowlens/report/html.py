@@ -13,7 +13,7 @@ from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
 from flowlens.data.failures import count_kinds
-from flowlens.errors import FlowlensError
+from flowlens.errors import FlowlensError, disk_full, no_space
 from flowlens.report import knockout
 from flowlens.report.figures import edge_figure, frame_flow_figure, mean_frame_flow
 from flowlens.report.sections import build_sections
@@ -25,7 +25,11 @@ _SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\
 
 
 def write_report(run: str | os.PathLike[str] | Run, out_html: str | os.PathLike[str]) -> Path:
-    """Render the report of `run` (a path or an open `Run`) to `out_html` and return its path."""
+    """Render the report of `run` (a path or an open `Run`) to `out_html` and return its path.
+
+    The report is written beside `out_html`, synced, then renamed over it: a process killed half-way
+    leaves the previous report (or none), never half of one. A full disk is a `DiskFullError`.
+    """
     opened = run if isinstance(run, Run) else open_run(run)
     try:
         html = render_report(opened)
@@ -34,7 +38,19 @@ def write_report(run: str | os.PathLike[str] | Run, out_html: str | os.PathLike[
             opened.close()
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with open(partial, "w", encoding="utf-8") as file:
+            file.write(html)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        code = no_space(exc)
+        if code is None:
+            raise
+        raise disk_full(out, code) from exc
     return out
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -13,21 +17,31 @@ from typing import Any
 import h5py
 import numpy as np
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
+
 import flowlens
-from flowlens.errors import FlowlensError, UsageError
+from flowlens.errors import FlowlensError, UsageError, disk_full, no_space
 from flowlens.hooks import FRAME_MEAN, group_rows, parse_hook
 from flowlens.models.layout import TokenLayout
 from flowlens.store import rows, schema
 from flowlens.store.records import AnswerReadout, SampleTrace
+
+WRITE_MARGIN = 256 * 1024  # bytes of HDF5 metadata and slack a sample write may need beyond its data
 
 
 class RunWriter:
     """Writes one run file: root attributes once, then one group per sample, flushed sample by sample.
 
     A sample is written once, either as a trace (`write_sample`) or as row tables (`write_rows`), its
-    group's `kind` attribute saying which. A sample group gets `complete=True` as its last attribute,
-    followed by a flush (and fsync): a killed process leaves at most one incomplete group, which readers
-    skip and `resume=True` deletes. With `resume=True` an existing file is reopened; its config's `identity`
+    group's `kind` attribute saying which. A sample (or failure) group is written unlinked, marked
+    `complete=True`, flushed and synced, and only then linked under its id and flushed again: a process
+    killed at any point, or a write refused half-way, leaves no entry of that sample, never a link to data
+    that is not on disk. (Readers still skip incomplete groups, which older flowlens versions could leave,
+    and `resume=True` deletes them.) A write refused for lack of room raises `DiskFullError`; the writer
+    then writes nothing more. With `resume=True` an existing file is reopened; its config's `identity`
     (everything that changes a number) must equal `config["identity"]`.
     """
 
@@ -42,15 +56,17 @@ class RunWriter:
         self.path = Path(path)
         self.config = schema.normalized(dict(config))
         self.model_info = schema.normalized(dict(model_info))
+        self._refused: int | None = None  # errno of a write refused for lack of room: write nothing more
         if self.path.exists() and resume:
             self._file = _open(self.path, "r+")
             try:
                 schema.check_format(self._file, self.path)
                 _check_compatible(self._file, self.path, self.config)
-                self._drop_incomplete()
-                self._file.attrs["format_version"] = schema.FORMAT_VERSION  # what it may hold from now on
+                with self._writing():
+                    self._drop_incomplete()
+                    self._file.attrs["format_version"] = schema.FORMAT_VERSION  # what it may hold from now on
             except BaseException:
-                self._file.close()
+                self._close_file()
                 raise
         elif self.path.exists() and not overwrite:
             raise FlowlensError(
@@ -59,18 +75,23 @@ class RunWriter:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = _open(self.path, "w")
-            self._init_root()
+            try:
+                with self._writing():
+                    self._init_root()
+            except BaseException:
+                self._close_file()
+                raise
         self._seq = 1 + max((int(g.attrs.get("seq", -1)) for g in self._entries()), default=-1)
 
     # ------------------------------------------------------------------ queries
     def completed_ids(self) -> list[str]:
         """Ids of the complete samples, in write order (a resuming caller skips these)."""
-        groups = [g for g in self._file[schema.SAMPLES].values() if g.attrs.get("complete", False)]
+        groups = [g for g in schema.entries(self._file[schema.SAMPLES]).values() if g.attrs.get("complete")]
         return [str(g.attrs["id"]) for g in sorted(groups, key=lambda g: int(g.attrs["seq"]))]
 
     def failed(self) -> dict[str, str]:
         """Recorded failures: sample id -> reason, in write order."""
-        groups = [g for g in self._file[schema.FAILURES].values() if "reason" in g.attrs]
+        groups = [g for g in schema.entries(self._file[schema.FAILURES]).values() if "reason" in g.attrs]
         return {
             str(g.attrs["id"]): str(g.attrs["reason"])
             for g in sorted(groups, key=lambda g: int(g.attrs["seq"]))
@@ -81,6 +102,9 @@ class RunWriter:
         """Store one sample's trace, mark it complete and flush; a failed write leaves no group behind."""
         arrays = _checked_arrays(trace)
         activations = _checked_activations(trace)
+        size = sum(a.nbytes for a in arrays.values()) + sum(
+            a.nbytes for groups in activations.values() for a in groups.values()
+        )
 
         def fill(group: h5py.Group) -> None:
             self._fill_sample(
@@ -88,7 +112,7 @@ class RunWriter:
             )
             self._fill_trace(group, arrays, activations)
 
-        self._commit(trace.sample_id, fill)
+        self._commit(trace.sample_id, fill, size + len(trace.layout.to_json()))
 
     def write_rows(
         self,
@@ -116,7 +140,8 @@ class RunWriter:
             for name, cols in checked.items():
                 rows.write_table(stored, name, cols)
 
-        self._commit(sample_id, fill)
+        size = sum(_column_bytes(c) for cols in checked.values() for c in cols.values())
+        self._commit(sample_id, fill, size + len(layout.to_json()))
 
     def write_run_table(self, table: str, columns: Mapping[str, np.ndarray | Sequence[Any]]) -> None:
         """Store (or replace) a table of the whole run, not of one sample (e.g. probe accuracies per layer)."""
@@ -131,29 +156,37 @@ class RunWriter:
         """Record that `sample_id` failed and why; completed samples are never touched (retried on resume)."""
         name = schema.escape_id(sample_id)
         samples, failures = self._file[schema.SAMPLES], self._file[schema.FAILURES]
-        if name in samples and samples[name].attrs.get("complete", False):
+        if _complete(samples, name):
             raise FlowlensError(
                 f"sample {sample_id!r} is already complete in {self.path}; not recording a failure"
             )
-        if name in samples:
-            del samples[name]
-        if name in failures:
-            del failures[name]
-        group = failures.create_group(name)
-        group.attrs["id"] = sample_id
-        group.attrs["seq"] = self._seq
-        group.attrs["metadata"] = schema.to_json(dict(metadata or {}))
-        group.attrs["written"] = _now()
-        group.attrs["reason"] = str(reason) or "unknown error"  # last: a failure without a reason is ignored
-        self._seq += 1
-        self._flush()
+        self._check_room(len(reason) + 4096)
+        with self._writing():
+            group = failures.create_group(None)  # linked once on disk, as a sample (see the class)
+            group.attrs["id"] = sample_id
+            group.attrs["seq"] = self._seq
+            group.attrs["metadata"] = schema.to_json(dict(metadata or {}))
+            group.attrs["written"] = _now()
+            group.attrs["reason"] = str(reason) or "unknown error"  # a failure without a reason is ignored
+            self._flush()
+            for parent in (samples, failures):
+                if name in parent:
+                    del parent[name]
+            failures[name] = group
+            self._seq += 1
+            self._flush()
 
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        """Flush and close the file (idempotent)."""
-        if self._file.id.valid:
-            self._flush()
-            self._file.close()
+        """Flush and close the file (idempotent); after a `DiskFullError`, close it without raising again."""
+        if not self._file.id.valid:
+            return
+        try:
+            if self._refused is None:
+                with self._writing():
+                    self._flush()
+        finally:
+            self._close_file()
 
     @property
     def closed(self) -> bool:
@@ -183,37 +216,88 @@ class RunWriter:
         self._flush()
 
     def _entries(self) -> list[h5py.Group]:
-        return [*self._file[schema.SAMPLES].values(), *self._file[schema.FAILURES].values()]
+        return [
+            *schema.entries(self._file[schema.SAMPLES]).values(),
+            *schema.entries(self._file[schema.FAILURES]).values(),
+        ]
 
     def _drop_incomplete(self) -> None:
-        samples = self._file[schema.SAMPLES]
-        for name in [n for n, g in samples.items() if not g.attrs.get("complete", False)]:
-            del samples[name]
-        failures = self._file[schema.FAILURES]
-        for name in [n for n, g in failures.items() if "reason" not in g.attrs]:
-            del failures[name]
+        """Delete incomplete samples and failures without a reason; refuse a file with links to nothing."""
+        samples, failures = self._file[schema.SAMPLES], self._file[schema.FAILURES]
+        dead = [
+            name for parent in (samples, failures) for name in parent if schema.entry(parent, name) is None
+        ]
+        if dead:  # HDF5 can neither delete them nor keep new data from landing where they point
+            raise FlowlensError(
+                f"cannot resume {self.path}: {len(dead)} entries ({', '.join(dead[:3])}) point at data that "
+                "never reached the disk (a write cut short); its finished samples still open: start a new run"
+            )
+        for name, group in schema.entries(samples).items():
+            if not group.attrs.get("complete", False):
+                del samples[name]
+        for name, group in schema.entries(failures).items():
+            if "reason" not in group.attrs:
+                del failures[name]
         self._flush()
 
-    def _commit(self, sample_id: str, fill: Callable[[h5py.Group], None]) -> None:
-        """Create the sample's group, let `fill` write it, then mark it complete and flush; on error, delete it."""
+    def _commit(self, sample_id: str, fill: Callable[[h5py.Group], None], size: int = 0) -> None:
+        """Let `fill` write an unlinked group, mark it complete, flush, then link it under the sample's id and flush.
+
+        A write that fails (or a process killed) before the link leaves no entry: the group is never reachable.
+        """
         name = schema.escape_id(sample_id)
-        samples = self._file[schema.SAMPLES]
-        if name in samples:
-            if samples[name].attrs.get("complete", False):
-                raise FlowlensError(f"sample {sample_id!r} is already in {self.path}")
-            del samples[name]
-        group = samples.create_group(name)
-        try:
+        samples, failures = self._file[schema.SAMPLES], self._file[schema.FAILURES]
+        if _complete(samples, name):
+            raise FlowlensError(f"sample {sample_id!r} is already in {self.path}")
+        self._check_room(size)
+        with self._writing():
+            group = samples.create_group(None)
             fill(group)
-        except BaseException:
-            del samples[name]
+            group.attrs["complete"] = True
+            self._flush()  # all of the sample is on disk before a link leads to it
+            for parent in (samples, failures):  # an incomplete group, or a failure retried: it worked
+                if name in parent:
+                    del parent[name]
+            samples[name] = group
+            self._seq += 1
             self._flush()
-            raise
-        group.attrs["complete"] = True
-        if name in self._file[schema.FAILURES]:  # an earlier failure of this sample was retried successfully
-            del self._file[schema.FAILURES][name]
-        self._seq += 1
-        self._flush()
+
+    def _check_room(self, size: int) -> None:
+        """Refuse a write of about `size` bytes before HDF5 starts it when the disk (or the file size limit)
+        cannot take it: HDF5 recovers badly from a write refused half-way (see `_writing`), so this is the
+        usual path to a `DiskFullError`; `_writing` remains for a disk that fills during the write."""
+        if self._refused is not None:
+            raise disk_full(self.path, self._refused)
+        needed = size + WRITE_MARGIN
+        stats = os.statvfs(self.path.parent)
+        if needed > stats.f_bavail * stats.f_frsize:
+            raise disk_full(self.path, errno.ENOSPC)
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource else -1
+        if (
+            limit not in (-1, getattr(resource, "RLIM_INFINITY", -1))
+            and self.path.stat().st_size + needed > limit
+        ):
+            self._refused = errno.EFBIG
+            raise disk_full(self.path, errno.EFBIG)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Raise the write errors h5py only reports when it closes a dataset; one refused for lack of room is a `DiskFullError`."""
+        if self._refused is not None:
+            raise disk_full(self.path, self._refused)
+        ignored: list[BaseException] = []
+        try:
+            with _h5py_reports(ignored):
+                yield
+            if ignored:
+                raise ignored[0]
+        except Exception as exc:
+            code = next(filter(None, map(no_space, [*ignored, exc])), None)
+            if code is None:
+                raise
+            self._refused = code
+            self._freeze()
+            raise disk_full(self.path, code) from exc
 
     def _fill_sample(
         self,
@@ -274,6 +358,61 @@ class RunWriter:
         finally:
             os.close(fd)
 
+    def _freeze(self) -> None:
+        """After a write refused half-way, send what HDF5 still writes (on closing) to the null device.
+
+        The file keeps what reached it before: samples linked only once on disk. A superblock or link
+        written now could point past the data the refused writes lost, and the file would not reopen.
+        """
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, self._file.id.get_vfd_handle())
+        finally:
+            os.close(null)
+
+    def _close_file(self) -> None:
+        """Close the file; after a refused write, the errors of the writes HDF5 retries on closing are dropped."""
+        if self._refused is None:
+            self._file.close()
+            return
+        try:
+            with _h5py_reports([]):
+                self._file.close()
+        except Exception:
+            pass  # what could not be written is left incomplete: readers skip it, a resume redoes it
+
+
+@contextmanager
+def _h5py_reports(into: list[BaseException]) -> Iterator[None]:
+    """Collect, instead of printing, the errors h5py meets while closing an object (a write that failed).
+
+    h5py cannot raise them: it prints them (`sys.excepthook`) and passes them to `sys.unraisablehook`.
+    Anything else goes to the hooks as before.
+    """
+    hooks = sys.excepthook, sys.unraisablehook
+
+    def printed(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if not any("h5py" in frame.filename for frame in traceback.extract_tb(tb)):
+            hooks[0](kind, value, tb)
+
+    def unraisable(report: Any) -> None:
+        if "h5py" in repr(report.object) and isinstance(report.exc_value, Exception):
+            into.append(report.exc_value)
+        else:
+            hooks[1](report)
+
+    sys.excepthook, sys.unraisablehook = printed, unraisable
+    try:
+        yield
+    finally:
+        sys.excepthook, sys.unraisablehook = hooks
+
+
+def _complete(parent: h5py.Group, name: str) -> bool:
+    """Whether `parent[name]` opens and is marked complete."""
+    group = schema.entry(parent, name)
+    return group is not None and bool(group.attrs.get("complete", False))
+
 
 def _create(
     group: h5py.Group,
@@ -313,6 +452,13 @@ def _checked_arrays(trace: SampleTrace) -> dict[str, np.ndarray]:
         arrays[key] = _cast(trace.sample_id, key, value, schema.RESID_VIDEO_DTYPE, (n_video, d_model))
     arrays[schema.PROBS] = _checked_probs(trace.sample_id, trace.answer)
     return arrays
+
+
+def _column_bytes(column: np.ndarray) -> int:
+    """Bytes a row-table column takes (strings counted by their length)."""
+    if column.dtype == object:
+        return sum(len(str(value).encode()) + 16 for value in column)
+    return int(column.nbytes)
 
 
 def _checked_activations(trace: SampleTrace) -> dict[str, dict[str, np.ndarray]]:

@@ -130,17 +130,21 @@ class Run:
     @cached_property
     def failures(self) -> dict[str, str]:
         """Failed samples: id -> reason, in write order."""
-        groups = [g for g in self._file[schema.FAILURES].values() if "reason" in g.attrs]
-        return {
-            str(g.attrs["id"]): str(g.attrs["reason"])
-            for g in sorted(groups, key=lambda g: int(g.attrs["seq"]))
-        }
+        groups = self._file[schema.FAILURES]
+        return {sample: str(groups[name].attrs["reason"]) for sample, name in self._failure_groups.items()}
 
     def failure_metadata(self, sample_id: str) -> dict[str, Any]:
         """The metadata recorded with a failure (e.g. its task)."""
-        if sample_id not in self.failures:
+        if sample_id not in self._failure_groups:
             raise FlowlensError(f"no failure recorded for {sample_id!r} in {self.path}")
-        return json.loads(self._file[schema.FAILURES][schema.escape_id(sample_id)].attrs["metadata"])
+        return json.loads(self._file[schema.FAILURES][self._failure_groups[sample_id]].attrs["metadata"])
+
+    @cached_property
+    def _failure_groups(self) -> dict[str, str]:
+        """Failed sample id -> its group's name, in write order (a failure without a reason is not one)."""
+        groups = schema.entries(self._file[schema.FAILURES])
+        found = sorted((int(g.attrs["seq"]), n, g) for n, g in groups.items() if "reason" in g.attrs)
+        return {str(group.attrs["id"]): name for _, name, group in found}
 
     def layout(self, sample_id: str) -> TokenLayout:
         """The sample's `TokenLayout` (cached)."""
@@ -301,7 +305,7 @@ def _open_read(path: Path) -> h5py.File:
 
 def _complete_groups(samples: h5py.Group) -> tuple[dict[str, str], dict[str, str]]:
     """Sample id -> group name and id -> kind of every complete sample, in write order (incomplete ones skipped)."""
-    groups = [g for g in samples.values() if g.attrs.get("complete", False)]
+    groups = [g for g in schema.entries(samples).values() if g.attrs.get("complete", False)]
     groups.sort(key=lambda g: int(g.attrs["seq"]))
     names = {str(g.attrs["id"]): g.name.rsplit("/", 1)[1] for g in groups}
     kinds = {str(g.attrs["id"]): schema.sample_kind(g.attrs) for g in groups}

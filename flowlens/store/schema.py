@@ -60,6 +60,26 @@ def escape_id(sample_id: str) -> str:
     return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in sample_id)
 
 
+def entry(parent: Any, name: str) -> Any | None:
+    """`parent[name]` (a sample or failure group), or None where it is missing or the link leads nowhere.
+
+    A write cut short (older flowlens versions, or damage) can leave a dead link, to an object that never
+    reached the file: readers skip it as incomplete.
+    """
+    if name not in parent:
+        return None
+    try:
+        return parent.get(name)
+    except (KeyError, OSError, RuntimeError, ValueError):
+        return None
+
+
+def entries(parent: Any) -> dict[str, Any]:
+    """Name -> group of every member of `parent` (`samples` or `failures`) that opens (see `entry`)."""
+    found = {name: entry(parent, name) for name in parent}
+    return {name: group for name, group in found.items() if group is not None}
+
+
 def sample_kind(attrs: Any) -> str:
     """A sample group's kind from its attributes: `trace` when absent (version-1 files)."""
     return str(attrs.get("kind", KIND_TRACE))
