@@ -65,13 +65,13 @@ class RunWriter:
     def completed_ids(self) -> list[str]:
         """Ids of the complete samples, in write order (a resuming caller skips these)."""
         groups = [g for g in self._file[schema.SAMPLES].values() if g.attrs.get("complete", False)]
-        return [str(g.attrs["id"]) for g in sorted(groups, key=lambda g: int(g.attrs["seq"]))]
+        return [schema.group_id(g) for g in sorted(groups, key=lambda g: int(g.attrs["seq"]))]
 
     def failed(self) -> dict[str, str]:
         """Recorded failures: sample id -> reason, in write order."""
         groups = [g for g in self._file[schema.FAILURES].values() if "reason" in g.attrs]
         return {
-            str(g.attrs["id"]): str(g.attrs["reason"])
+            schema.group_id(g): str(g.attrs["reason"])
             for g in sorted(groups, key=lambda g: int(g.attrs["seq"]))
         }
 
@@ -125,11 +125,13 @@ class RunWriter:
         if name in failures:
             del failures[name]
         group = failures.create_group(name)
-        group.attrs["id"] = sample_id
+        group.attrs["id"] = schema.storable_text(sample_id)
         group.attrs["seq"] = self._seq
         group.attrs["metadata"] = schema.to_json(dict(metadata or {}))
         group.attrs["written"] = _now()
-        group.attrs["reason"] = str(reason) or "unknown error"  # last: a failure without a reason is ignored
+        # last: a failure without a reason is ignored
+        reason = schema.storable_text(str(reason))
+        group.attrs["reason"] = reason if reason.strip() else "unknown error"
         self._seq += 1
         self._flush()
 
@@ -210,7 +212,7 @@ class RunWriter:
         metadata: Mapping[str, Any],
     ) -> None:
         """What every sample has: id, order, kind, metadata, the clean answer's attributes and the layout."""
-        group.attrs["id"] = sample_id
+        group.attrs["id"] = schema.storable_text(sample_id)  # the group's name is the exact id
         group.attrs["seq"] = self._seq
         group.attrs["kind"] = kind
         group.attrs["metadata"] = schema.to_json(dict(metadata))

@@ -132,7 +132,7 @@ class Run:
         """Failed samples: id -> reason, in write order."""
         groups = [g for g in self._file[schema.FAILURES].values() if "reason" in g.attrs]
         return {
-            str(g.attrs["id"]): str(g.attrs["reason"])
+            schema.group_id(g): str(g.attrs["reason"])
             for g in sorted(groups, key=lambda g: int(g.attrs["seq"]))
         }
 
@@ -262,6 +262,6 @@ def _complete_groups(samples: h5py.Group) -> tuple[dict[str, str], dict[str, str
     """Sample id -> group name and id -> kind of every complete sample, in write order (incomplete ones skipped)."""
     groups = [g for g in samples.values() if g.attrs.get("complete", False)]
     groups.sort(key=lambda g: int(g.attrs["seq"]))
-    names = {str(g.attrs["id"]): g.name.rsplit("/", 1)[1] for g in groups}
-    kinds = {str(g.attrs["id"]): schema.sample_kind(g.attrs) for g in groups}
+    names = {schema.group_id(g): g.name.rsplit("/", 1)[1] for g in groups}
+    kinds = {schema.group_id(g): schema.sample_kind(g.attrs) for g in groups}
     return names, kinds
