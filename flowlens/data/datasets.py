@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flowlens.data.benchmarks import BENCHMARKS
 from flowlens.data.benchmarks.common import SplitPart, norm, parse_split
-from flowlens.data.jsonl import SampleList, read_jsonl
+from flowlens.data.jsonl import SampleList, expand_user, read_jsonl
 from flowlens.errors import FlowlensError
 
 DATASETS = ("synthetic", *BENCHMARKS)
@@ -53,7 +53,7 @@ def load(
         from flowlens.data.benchmarks.hf import load_hf
 
         return load_hf(name, data_dir, tasks, split, limit, columns)
-    return _load_file(Path(name).expanduser(), split, limit, data_dir, tasks, columns)
+    return _load_file(expand_user(name), split, limit, data_dir, tasks, columns)
 
 
 def _load_file(

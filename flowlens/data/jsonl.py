@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,60 @@ class SampleList(list):
         self.notes: list[str] = list(notes or [])
 
 
+def loads(text: str) -> Any:
+    """The JSON value in `text`, or `SampleError` saying why it is not one (syntax, nesting, a number too long)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"column {exc.colno}" if exc.lineno == 1 else f"line {exc.lineno}, column {exc.colno}"
+        raise SampleError(f"invalid JSON: {exc.msg} ({where})") from None
+    except RecursionError:
+        raise SampleError("invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise SampleError(f"invalid JSON: {exc}") from None
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON value or the `SampleError` saying why not) of each non-blank line of a JSONL file.
+
+    Lines end at LF, CRLF or CR only (JSON strings may hold U+2028 and the like); each is decoded on its own.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FlowlensError(f"cannot read dataset {path}: {exc.strerror or exc}") from exc
+    for number, raw in enumerate(re.split(rb"\r\n|\r|\n", data), start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, SampleError(f"invalid JSON: not UTF-8 text (byte {exc.start + 1} of the line)")
+            continue
+        if not text.strip():
+            continue
+        try:
+            value = loads(text)
+        except SampleError as exc:
+            value = exc
+        yield number, value
+
+
+def expand_user(path: str | Path) -> Path:
+    """`path` with a leading `~` or `~user` expanded; a FlowlensError when that home folder is unknown."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError as exc:  # "Could not determine home directory."
+        raise FlowlensError(f"cannot expand `~` in {str(path)!r}: {exc}") from None
+
+
+def video_path(value: Any, root: Path) -> str:
+    """A record's video path: `~` expanded, relative paths from `root`; `SampleError` when `~user` is unknown."""
+    try:
+        video = expand_user(str(value))
+    except FlowlensError as exc:
+        raise SampleError(f"video path: {exc}") from None
+    return str(video if video.is_absolute() else root / video)
+
+
 def parse_record(record: Any, root: Path) -> Sample:
     """One decoded JSON line -> `Sample`, or `SampleError` saying which field is wrong."""
     if not isinstance(record, dict):
@@ -59,12 +115,12 @@ def parse_record(record: Any, root: Path) -> Sample:
     for key in ("id", "video", "question", "answer"):
         if not isinstance(record[key], (str, int)) or isinstance(record[key], bool):
             raise SampleError(f"`{key}` must be a string")
-    video = Path(str(record["video"])).expanduser()
+    video = video_path(record["video"], root)
     metadata = dict(record.get("metadata") or {}) if isinstance(record.get("metadata"), dict) else {}
     metadata.update({k: v for k, v in record.items() if k not in (*REQUIRED, "metadata")})
     sample = Sample(
         id=str(record["id"]),
-        video=str(video if video.is_absolute() else root / video),
+        video=video,
         question=str(record["question"]),
         options=list(options),
         answer=str(record["answer"]),
@@ -79,28 +135,19 @@ def read_jsonl(path: str | Path, limit: int | None = None, root: str | Path | No
 
     Relative video paths start from `root` (default: the file's folder).
     """
-    path = Path(path).expanduser()
-    root = Path(root).expanduser() if root is not None else path.parent
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise FlowlensError(f"cannot read dataset {path}: {exc.strerror or exc}") from exc
+    path = expand_user(path)
+    root = expand_user(root) if root is not None else path.parent
     out = SampleList()
     seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, record in json_lines(path):
         if limit is not None and len(out) >= limit:
             break
-        if not line.strip():
-            continue
         try:
-            sample = parse_record(json.loads(line), root)
+            if isinstance(record, SampleError):
+                raise record
+            sample = parse_record(record, root)
             if sample.id in seen:
                 raise SampleError(f"duplicate id {sample.id!r}")
-        except json.JSONDecodeError as exc:
-            out.failures.append(
-                LoadFailure(str(path), number, f"invalid JSON: {exc.msg} (column {exc.colno})")
-            )
-            continue
         except SampleError as exc:
             out.failures.append(LoadFailure(str(path), number, str(exc)))
             continue

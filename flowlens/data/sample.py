@@ -57,6 +57,13 @@ class Sample:
 
     def validate(self, require_options: bool = True) -> None:
         """Raise `SampleError` with a reason when the sample cannot be prepared."""
+        if not str(self.id):
+            raise SampleError("a sample id must not be empty")
+        texts = {"id": self.id, "question": self.question, "answer": self.answer}
+        texts.update({f"option {i + 1}": o for i, o in enumerate(self.options)})
+        for name, text in texts.items():
+            if isinstance(text, str) and not is_unicode(text):
+                raise SampleError(f"sample {self.id!r}: the {name} is not valid Unicode (a lone surrogate)")
         if not str(self.question).strip():
             raise SampleError(f"sample {self.id}: empty question")
         if require_options and not self.options:
@@ -66,3 +73,12 @@ class Sample:
         if any(not str(o).strip() for o in self.options):
             raise SampleError(f"sample {self.id}: an option is empty")
         self.answer_letter  # noqa: B018 - raises when the answer is not an option
+
+
+def is_unicode(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (holds no lone surrogate, as JSON's `\\ud800` escapes can produce)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

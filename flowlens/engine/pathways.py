@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from flowlens.engine.masks import CompiledKnockout, allowed_matrix, blocked_matrix
-from flowlens.engine.spec import Block, Knockout
+from flowlens.engine.spec import Block, Knockout, read_yaml
 from flowlens.errors import FlowlensError
 from flowlens.models.layout import TokenLayout
 
@@ -64,6 +63,10 @@ class RuleTable:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RuleTable:
+        if not isinstance(data, dict):
+            raise FlowlensError(
+                f"a rule table is a mapping with `name` and `rules`, got {type(data).__name__}"
+            )
         rules = data.get("rules")
         if not isinstance(rules, list) or not rules:
             raise FlowlensError(
@@ -81,13 +84,7 @@ class RuleTable:
         path = Path(path)
         if not path.is_file():
             raise FlowlensError(f"rule table not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise FlowlensError(f"{path}: not a YAML rule table ({exc})") from None
-        if not isinstance(data, dict):
-            raise FlowlensError(f"{path}: a rule table is a mapping with `name` and `rules`")
-        return cls.from_dict(data)
+        return cls.from_dict(read_yaml(path, "a rule table"))
 
 
 def _layers(keep: Any) -> tuple[int, ...]:

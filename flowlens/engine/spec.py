@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -44,14 +45,47 @@ class Block:
 
     @classmethod
     def from_data(cls, data: Any) -> Block:
+        """`cross_frame`, `src->dst` or {src: ..., dst: ...} -> Block; group names are non-empty and hold no `->`."""
         if data == CROSS_FRAME:
             return cls.cross_frame()
         if isinstance(data, str) and "->" in data:
-            src, dst = (part.strip() for part in data.split("->", 1))
-            return cls(src, dst)
-        if isinstance(data, dict) and set(data) == {"src", "dst"}:
-            return cls(str(data["src"]), str(data["dst"]))
-        raise FlowlensError(f"a block is `cross_frame`, `src->dst` or {{src: ..., dst: ...}}, got {data!r}")
+            src, dst = data.split("->", 1)
+        elif isinstance(data, dict) and set(data) == {"src", "dst"}:
+            src, dst = data["src"], data["dst"]
+        else:
+            raise FlowlensError(
+                f"a block is `cross_frame`, `src->dst` or {{src: ..., dst: ...}}, got {data!r}"
+            )
+        src, dst = _group_name(src, data), _group_name(dst, data)
+        if CROSS_FRAME in (src, dst):
+            raise FlowlensError(
+                f"`{CROSS_FRAME}` is a block on its own, not a group: write it alone, got {data!r}"
+            )
+        return cls(src, dst)
+
+
+def _group_name(value: Any, data: Any) -> str:
+    """A block's group name, stripped: non-empty printable text without `->` (else a FlowlensError naming `data`)."""
+    name = value.strip() if isinstance(value, str) else ""
+    if not name or "->" in name or not name.isprintable():
+        raise FlowlensError(f"a block's groups are names such as `video` or `last`, got {data!r}")
+    return name
+
+
+def _indices(value: Any, what: str) -> tuple[int, ...]:
+    """A list of non-negative integers (layers or heads), or a FlowlensError saying what `what` must be."""
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in value
+    ):
+        raise FlowlensError(f"knockout `{what}` is a list of integers >= 0, got {value!r}")
+    return tuple(value)
+
+
+def _mapping(data: Any, what: str) -> dict[str, Any]:
+    """`data` when it is a mapping, else a FlowlensError saying `what` must be one."""
+    if not isinstance(data, dict):
+        raise FlowlensError(f"{what} is a mapping, got {type(data).__name__}")
+    return data
 
 
 @dataclass(frozen=True)
@@ -83,14 +117,23 @@ class Knockout:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Knockout:
+        data = _mapping(data, "a knockout")
         unknown = set(data) - {"blocks", "layers", "heads", "name"}
         if unknown:
-            raise FlowlensError(f"unknown knockout fields: {', '.join(sorted(unknown))}")
+            raise FlowlensError(f"unknown knockout fields: {', '.join(sorted(map(str, unknown)))}")
+        blocks = data.get("blocks", [])
+        if not isinstance(blocks, list):
+            raise FlowlensError(f"knockout `blocks` is a list of blocks, got {blocks!r}")
+        name = str(data.get("name", ""))
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: JSON could not keep it as it is
+            raise FlowlensError(f"knockout `name` is not valid Unicode text: {name!r}") from None
         return cls(
-            blocks=tuple(Block.from_data(b) for b in data.get("blocks", [])),
-            layers=tuple(data.get("layers", [])),
-            heads=None if data.get("heads") is None else tuple(data["heads"]),
-            name=str(data.get("name", "")),
+            blocks=tuple(Block.from_data(b) for b in blocks),
+            layers=_indices(data.get("layers", []), "layers"),
+            heads=None if data.get("heads") is None else _indices(data["heads"], "heads"),
+            name=name,
         )
 
     def to_json(self) -> str:
@@ -98,7 +141,11 @@ class Knockout:
 
     @classmethod
     def from_json(cls, text: str) -> Knockout:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, a number too long, nesting too deep
+            raise FlowlensError(f"a knockout is a JSON object: {exc}") from None
+        return cls.from_dict(data)
 
 
 # ---------------------------------------------------------------- layer schedules
@@ -150,13 +197,18 @@ class BlockSet:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BlockSet:
-        curves = data.get("curves")
+        curves = _mapping(data, "a block set").get("curves")
         if not isinstance(curves, dict) or not curves:
             raise FlowlensError("a block set needs `curves`: {label: [blocks...]}")
-        return cls(
-            str(data.get("name", "custom")),
-            [(str(label), tuple(Block.from_data(b) for b in blocks)) for label, blocks in curves.items()],
-        )
+        parsed = []
+        for label, blocks in curves.items():
+            if not isinstance(blocks, list):
+                raise FlowlensError(f"curve {label!r} is a list of blocks, got {blocks!r}")
+            parsed.append((str(label), tuple(Block.from_data(b) for b in blocks)))
+        labels = [label for label, _ in parsed]
+        if len(set(labels)) < len(labels):
+            raise FlowlensError(f"curve labels must differ, got {', '.join(map(repr, labels))}")
+        return cls(str(data.get("name", "custom")), parsed)
 
 
 def _curve(*blocks: Block) -> tuple[str, tuple[Block, ...]]:
@@ -205,11 +257,21 @@ def load_block_set(name_or_path: str) -> BlockSet:
     """A preset name or a YAML/JSON file `{name: ..., curves: {label: [blocks]}}`."""
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]
-    from pathlib import Path
-
     path = Path(name_or_path)
     if not path.exists():
         raise FlowlensError(
             f"unknown preset {name_or_path!r}; presets: {', '.join(PRESETS)}; or give a YAML file"
         )
-    return BlockSet.from_dict(yaml.safe_load(path.read_text()))
+    return BlockSet.from_dict(read_yaml(path, "a block set"))
+
+
+def read_yaml(path: Path, what: str) -> dict[str, Any]:
+    """A YAML (or JSON) file's top-level mapping, or a one-line FlowlensError saying why it is not `what`."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise FlowlensError(f"{path}: cannot read {what} ({reason})") from None
+    if not isinstance(data, dict):
+        raise FlowlensError(f"{path}: {what} is a YAML mapping, got {type(data).__name__}")
+    return data

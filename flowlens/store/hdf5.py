@@ -86,16 +86,15 @@ class RunWriter:
     # ------------------------------------------------------------------ queries
     def completed_ids(self) -> list[str]:
         """Ids of the complete samples, in write order (a resuming caller skips these)."""
-        groups = [g for g in schema.entries(self._file[schema.SAMPLES]).values() if g.attrs.get("complete")]
-        return [str(g.attrs["id"]) for g in sorted(groups, key=lambda g: int(g.attrs["seq"]))]
+        entries = schema.entries(self._file[schema.SAMPLES]).items()
+        done = sorted((int(g.attrs["seq"]), n, g) for n, g in entries if g.attrs.get("complete"))
+        return [schema.group_id(group, name) for _, name, group in done]
 
     def failed(self) -> dict[str, str]:
         """Recorded failures: sample id -> reason, in write order."""
-        groups = [g for g in schema.entries(self._file[schema.FAILURES]).values() if "reason" in g.attrs]
-        return {
-            str(g.attrs["id"]): str(g.attrs["reason"])
-            for g in sorted(groups, key=lambda g: int(g.attrs["seq"]))
-        }
+        entries = schema.entries(self._file[schema.FAILURES]).items()
+        found = sorted((int(g.attrs["seq"]), n, g) for n, g in entries if "reason" in g.attrs)
+        return {schema.group_id(group, name): str(group.attrs["reason"]) for _, name, group in found}
 
     # ------------------------------------------------------------------ writing
     def write_sample(self, trace: SampleTrace) -> None:
@@ -161,13 +160,14 @@ class RunWriter:
                 f"sample {sample_id!r} is already complete in {self.path}; not recording a failure"
             )
         self._check_room(len(reason) + 4096)
+        reason = schema.storable_text(str(reason))
         with self._writing():
             group = failures.create_group(None)  # linked once on disk, as a sample (see the class)
-            group.attrs["id"] = sample_id
+            group.attrs["id"] = schema.storable_text(sample_id)  # the link's name is the exact id
             group.attrs["seq"] = self._seq
             group.attrs["metadata"] = schema.to_json(dict(metadata or {}))
             group.attrs["written"] = _now()
-            group.attrs["reason"] = str(reason) or "unknown error"  # a failure without a reason is ignored
+            group.attrs["reason"] = reason if reason.strip() else "unknown error"  # without one: ignored
             self._flush()
             for parent in (samples, failures):
                 if name in parent:
@@ -309,7 +309,7 @@ class RunWriter:
         metadata: Mapping[str, Any],
     ) -> None:
         """What every sample has: id, order, kind, metadata, the clean answer's attributes and the layout."""
-        group.attrs["id"] = sample_id
+        group.attrs["id"] = schema.storable_text(sample_id)  # the group's name is the exact id
         group.attrs["seq"] = self._seq
         group.attrs["kind"] = kind
         group.attrs["metadata"] = schema.to_json(dict(metadata))

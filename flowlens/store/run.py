@@ -144,7 +144,7 @@ class Run:
         """Failed sample id -> its group's name, in write order (a failure without a reason is not one)."""
         groups = schema.entries(self._file[schema.FAILURES])
         found = sorted((int(g.attrs["seq"]), n, g) for n, g in groups.items() if "reason" in g.attrs)
-        return {str(group.attrs["id"]): name for _, name, group in found}
+        return {schema.group_id(group, name): name for _, name, group in found}
 
     def layout(self, sample_id: str) -> TokenLayout:
         """The sample's `TokenLayout` (cached)."""
@@ -305,8 +305,9 @@ def _open_read(path: Path) -> h5py.File:
 
 def _complete_groups(samples: h5py.Group) -> tuple[dict[str, str], dict[str, str]]:
     """Sample id -> group name and id -> kind of every complete sample, in write order (incomplete ones skipped)."""
-    groups = [g for g in schema.entries(samples).values() if g.attrs.get("complete", False)]
-    groups.sort(key=lambda g: int(g.attrs["seq"]))
-    names = {str(g.attrs["id"]): g.name.rsplit("/", 1)[1] for g in groups}
-    kinds = {str(g.attrs["id"]): schema.sample_kind(g.attrs) for g in groups}
+    found = sorted(
+        (int(g.attrs["seq"]), n, g) for n, g in schema.entries(samples).items() if g.attrs.get("complete")
+    )
+    names = {schema.group_id(group, name): name for _, name, group in found}
+    kinds = {schema.group_id(group, name): schema.sample_kind(group.attrs) for _, name, group in found}
     return names, kinds

@@ -54,10 +54,39 @@ _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 
 
 def escape_id(sample_id: str) -> str:
-    """HDF5 group name for a sample id: `[A-Za-z0-9_-]` kept, every other UTF-8 byte as %XX (so `/`, `.` are safe)."""
+    """HDF5 group name for a sample id: `[A-Za-z0-9_-]` kept, every other UTF-8 byte as %XX (so `/`, `.` are safe).
+
+    Lone surrogates are encoded as UTF-8 would encode their code points, so every `str` has its own name.
+    """
     if not isinstance(sample_id, str) or not sample_id:
         raise FlowlensError(f"sample id must be a non-empty string, got {sample_id!r}")
-    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in sample_id)
+    return "".join(
+        c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        for c in sample_id
+    )
+
+
+def unescape_id(name: str) -> str:
+    """The sample id `escape_id` turned into the group name `name` (its inverse)."""
+    parts = name.split("%")
+    data = bytearray(parts[0].encode("ascii"))
+    for part in parts[1:]:
+        data += bytes.fromhex(part[:2]) + part[2:].encode("ascii")
+    return data.decode("utf-8", "surrogatepass")
+
+
+def group_id(group: Any, name: str | None = None) -> str:
+    """The sample id of a `/samples` or `/failures` group, read from its link `name` (default: the group's own
+    name; the `id` attribute may be escaped)."""
+    try:
+        return unescape_id(name if name is not None else group.name.rsplit("/", 1)[1])
+    except (ValueError, UnicodeDecodeError):  # not a name `escape_id` made
+        return str(group.attrs["id"])
+
+
+def storable_text(text: str) -> str:
+    """`text` as an HDF5 string attribute can hold it: NUL written `\\x00`, lone surrogates `\\udXXX`."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def entry(parent: Any, name: str) -> Any | None:

@@ -6,16 +6,17 @@ what it skipped (a task whose file is absent); `Collected.finish` applies a spli
 
 from __future__ import annotations
 
-import json
+import csv
 import logging
+import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowlens.data.jsonl import LoadFailure, SampleList
-from flowlens.data.sample import OPTION_LETTERS, Sample
+from flowlens.data.jsonl import LoadFailure, SampleList, expand_user, loads
+from flowlens.data.sample import OPTION_LETTERS, Sample, is_unicode
 from flowlens.errors import FlowlensError, SampleError
 
 log = logging.getLogger("flowlens.data")
@@ -103,8 +104,14 @@ def parse_split(split: str | None) -> tuple[str | None, SplitPart]:
         raise FlowlensError(
             f"cannot read split {split!r}; write e.g. test, test[:50], val[10:20] or test[:10%]"
         )
+    if any(b.endswith("%") for b in bounds):  # as in `datasets`, one `%` makes both bounds percentages
+        bounds = tuple(b if not b or b.endswith("%") else f"{b}%" for b in bounds)
     for bound in bounds:
-        if bound.endswith("%") and not 0 <= abs(int(bound[:-1])) <= 100:
+        try:
+            number = int(bound.rstrip("%") or 0)
+        except ValueError:  # more digits than Python converts
+            raise FlowlensError(f"split {split!r}: a bound has too many digits") from None
+        if bound.endswith("%") and not abs(number) <= 100:
             raise FlowlensError(f"split {split!r}: a percentage is between 0% and 100%")
     return match["name"] or None, SplitPart(*bounds)
 
@@ -113,7 +120,7 @@ def require_root(data_dir: str | Path | None, benchmark: str) -> Path:
     """The benchmark's root folder, or a one-line error saying what `--data-dir` must be."""
     if data_dir is None:
         raise FlowlensError(f"{benchmark} needs --data-dir: the benchmark's root folder as published")
-    root = Path(data_dir).expanduser()
+    root = expand_user(data_dir)
     if not root.is_dir():
         raise FlowlensError(f"{benchmark}: --data-dir {root} is not a folder")
     return root
@@ -127,14 +134,59 @@ def require_no_split(split: str | None, benchmark: str, allowed: Sequence[str] =
     return part
 
 
+def exists(path: Path) -> bool:
+    """`path.exists()`, with a name the OS refuses (too long, say, as a record may spell it) counted as absent."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def read_json(path: Path) -> Any:
     """A JSON file's content, or `SampleError` saying why it is not JSON."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SampleError(f"malformed annotation file: invalid JSON: {exc.msg} (line {exc.lineno})") from exc
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SampleError(f"malformed annotation file: cannot read it: {exc}") from exc
+    try:
+        return loads(text)
+    except SampleError as exc:
+        raise SampleError(f"malformed annotation file: {exc}") from None
+
+
+def read_csv(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line, row) of a CSV with its header on line 1; a row that is not UTF-8 or not CSV yields its `SampleError`.
+
+    A row with more cells than the header is an error unless the extra cells are empty.
+    """
+    try:
+        handle = path.open(newline="", encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise FlowlensError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    with handle:
+        reader = csv.DictReader(handle)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a field longer than csv.field_size_limit()
+                yield (
+                    reader.line_num + 1,
+                    SampleError(f"malformed annotation: cannot read the CSV row: {exc}"),
+                )
+                continue
+            extra = row.pop(None, None) or []
+            cells = [*row, *row.values(), *extra]
+            if any(isinstance(c, str) and not is_unicode(c) for c in cells):
+                yield reader.line_num, SampleError("malformed annotation: the row is not UTF-8 text")
+            elif any(str(c).strip() for c in extra):
+                yield (
+                    reader.line_num,
+                    SampleError(f"malformed annotation: the row has {len(extra)} more cells than the header"),
+                )
+            else:
+                yield reader.line_num, row
 
 
 def require_fields(record: Any, fields: Sequence[str]) -> dict[str, Any]:
@@ -151,19 +203,24 @@ def index_letter(index: Any, n_options: int) -> str:
     """The letter of a 0-based option index (NExT-QA, TOMATO), or `SampleError` when it is out of range."""
     try:
         i = int(index)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an infinite float
         raise SampleError(f"malformed annotation: answer index {index!r} must be an integer") from exc
+    if isinstance(index, float) and i != index:
+        raise SampleError(f"malformed annotation: answer index {index!r} must be an integer")
     if not 0 <= i < n_options:
         raise SampleError(f"malformed annotation: answer index {i} is not one of the {n_options} options")
     return OPTION_LETTERS[i]
 
 
 def seconds(record: dict[str, Any], key: str) -> float:
-    """A number in a record (segment bounds in seconds, a frame rate)."""
+    """A finite number in a record (segment bounds in seconds, a frame rate)."""
     try:
-        return float(record[key])
-    except (TypeError, ValueError) as exc:
+        value = float(record[key])
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an integer beyond float range
         raise SampleError(f"malformed annotation: `{key}` must be a number, got {record[key]!r}") from exc
+    if not math.isfinite(value):
+        raise SampleError(f"malformed annotation: `{key}` must be a finite number, got {record[key]!r}")
+    return value
 
 
 @dataclass

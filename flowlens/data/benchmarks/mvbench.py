@@ -82,6 +82,8 @@ def record_to_sample(record: Any, task: TaskFile, number: int, video_root: Path,
     candidates = record["candidates"]
     if not isinstance(candidates, list) or not candidates:
         raise SampleError("malformed annotation: `candidates` must be a non-empty list")
+    if len(candidates) > len(OPTION_LETTERS):
+        raise SampleError(f"malformed annotation: {len(candidates)} candidates, at most 26 are supported")
     options = [str(c) for c in candidates]
     answer = str(record["answer"])
     matches = [i for i, c in enumerate(options) if c == answer]

@@ -14,15 +14,16 @@ The question type (`CW`, `CH`, `TN`, `TC`, `TP`, `DL`, `DO`, `DC`, `DB`) is the 
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from flowlens.data.benchmarks.common import (
     Collected,
+    exists,
     index_letter,
     parse_split,
+    read_csv,
     read_json,
     require_fields,
     require_root,
@@ -47,7 +48,7 @@ def video_path(root: Path, video: str, vidor: dict[str, str]) -> Path:
     flat = root / "NExTVideo" / f"{video}.mp4"
     if video in vidor:
         mapped = root / "NExTVideo" / f"{vidor[video]}.mp4"
-        return flat if not mapped.exists() and flat.exists() else mapped
+        return flat if not exists(mapped) and exists(flat) else mapped
     return flat
 
 
@@ -102,15 +103,14 @@ def load_nextqa(
             out.note(f"nextqa: ignoring {path.parent / MAP_FILE} ({exc}); using NExTVideo/<video>.mp4")
     else:
         out.note(f"nextqa: no {MAP_FILE} next to {path.name}; videos are read as NExTVideo/<video>.mp4")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            line = reader.line_num
-            try:
-                sample = row_to_sample(row, root, vidor)
-            except SampleError as exc:
-                out.fail(path, line, str(exc))
-                continue
-            if sample.metadata["task"].upper() in types:
-                out.add(sample, path, line)
+    for line, row in read_csv(path):
+        try:
+            if isinstance(row, SampleError):
+                raise row
+            sample = row_to_sample(row, root, vidor)
+        except SampleError as exc:
+            out.fail(path, line, str(exc))
+            continue
+        if sample.metadata["task"].upper() in types:
+            out.add(sample, path, line)
     return out.finish(part, limit)

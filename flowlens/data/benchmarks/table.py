@@ -10,14 +10,20 @@ or from the file's folder. Rows without options become open-ended samples.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flowlens.data.benchmarks.common import Collected, index_letter, norm, parse_split, seconds
-from flowlens.data.jsonl import SampleList
+from flowlens.data.benchmarks.common import (
+    Collected,
+    index_letter,
+    norm,
+    parse_split,
+    read_csv,
+    read_json,
+    seconds,
+)
+from flowlens.data.jsonl import SampleList, expand_user, json_lines, loads, video_path
 from flowlens.data.sample import Sample
 from flowlens.errors import FlowlensError, SampleError
 
@@ -64,9 +70,11 @@ def options_of(row: Mapping[str, Any], columns: list[str]) -> list[str]:
         text = value.strip()
         if text.startswith("["):
             try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise SampleError(f"malformed annotation: options {text!r} are not a JSON list") from exc
+                value = loads(text)
+            except SampleError as exc:
+                raise SampleError(
+                    f"malformed annotation: options {text!r} are not a JSON list ({exc})"
+                ) from None
         else:
             value = text.split("|")
     if isinstance(value, str) or not isinstance(value, Iterable):
@@ -91,7 +99,7 @@ def row_to_sample(row: Any, mapping: dict[str, list[str]], video_root: Path, def
         answer: str | None = index_letter(cell("answer_index"), len(options))
     else:
         answer = None if cell("answer") in (None, "") else str(cell("answer")).strip()
-    video = Path(str(cell("video"))).expanduser()
+    video = video_path(cell("video"), video_root)
     used = {c for cols in mapping.values() for c in cols}
     metadata: dict[str, Any] = {k: v for k, v in row.items() if k not in used}
     metadata["template"] = "mvbench" if options else "open-ended"
@@ -104,7 +112,7 @@ def row_to_sample(row: Any, mapping: dict[str, list[str]], video_root: Path, def
         metadata["task"] = str(cell("task"))
     return Sample(
         id=str(cell("id")) if cell("id") not in (None, "") else default_id,
-        video=str(video if video.is_absolute() else video_root / video),
+        video=video,
         question=str(cell("question")).strip(),
         options=options,
         answer=answer,
@@ -115,22 +123,14 @@ def row_to_sample(row: Any, mapping: dict[str, list[str]], video_root: Path, def
 def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """(line, row) of a CSV (header on line 1), JSONL, or JSON list; a bad JSONL line yields its error."""
     if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                yield reader.line_num, row
+        yield from read_csv(path)
     elif path.suffix == ".jsonl":
-        for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if text.strip():
-                try:
-                    yield line, json.loads(text)
-                except json.JSONDecodeError as exc:
-                    yield line, SampleError(f"invalid JSON: {exc.msg} (column {exc.colno})")
+        yield from json_lines(path)
     else:
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            yield 0, SampleError(f"malformed annotation file: invalid JSON: {exc.msg} (line {exc.lineno})")
+            rows = read_json(path)
+        except SampleError as exc:
+            yield 0, exc
             return
         if not isinstance(rows, list):
             yield 0, SampleError("malformed annotation file: expected a JSON list of rows")
@@ -170,7 +170,7 @@ def load_table(
     limit: int | None = None,
 ) -> SampleList:
     """Samples of a CSV, JSONL or JSON file by the column mapping (videos relative to `data_dir` or the file)."""
-    path = Path(path).expanduser()
+    path = expand_user(path)
     if path.suffix not in SUFFIXES:
         raise FlowlensError(f"{path}: a mapped dataset file must be {', '.join(SUFFIXES)}")
     if not path.is_file():
@@ -180,5 +180,5 @@ def load_table(
         raise FlowlensError(
             f"{path.name} is one file with no splits; slice it with --split '[:50]' or --limit"
         )
-    video_root = Path(data_dir).expanduser() if data_dir is not None else path.parent
+    video_root = expand_user(data_dir) if data_dir is not None else path.parent
     return collect(read_rows(path), parse_columns(columns), video_root, str(path), task).finish(part, limit)

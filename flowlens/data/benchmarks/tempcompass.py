@@ -35,6 +35,10 @@ def split_options(text: str) -> tuple[str, list[str]]:
     first = next((i for i, line in enumerate(lines) if _OPTION.match(line)), None)
     if first is None or first == 0:
         raise SampleError("malformed annotation: no `A. ...` option lines after the question")
+    if len(lines) - first > len(OPTION_LETTERS):
+        raise SampleError(
+            f"malformed annotation: {len(lines) - first} option lines, at most 26 are supported"
+        )
     options = []
     for j, line in enumerate(lines[first:]):
         match = _OPTION.match(line)

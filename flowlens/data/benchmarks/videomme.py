@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlparse
 
 from flowlens.data.benchmarks.common import (
     Collected,
+    exists,
     norm,
     read_json,
     require_fields,
@@ -45,8 +46,11 @@ _OPTION = re.compile(r"^([A-Z])\.\s*(.*)$", re.DOTALL)
 
 def strip_letters(options: Any) -> list[str]:
     """`["A. Apples.", "B. Candles."]` -> `["Apples.", "Candles."]`; the letters must run A, B, ... in order."""
-    if isinstance(options, str) or not hasattr(options, "__iter__"):
+    if isinstance(options, (str, dict)) or not hasattr(options, "__iter__"):
         raise SampleError("malformed annotation: `options` must be a list")
+    options = list(options)
+    if len(options) > len(OPTION_LETTERS):
+        raise SampleError(f"malformed annotation: {len(options)} options, at most 26 are supported")
     texts = []
     for j, option in enumerate(options):
         match = _OPTION.match(str(option).strip())
@@ -60,7 +64,7 @@ def video_path(root: Path, video_id: str) -> Path:
     """`data/<videoID>.mp4`, or the first of `.MP4` / `.mkv` that exists (the `.mp4` path when none does)."""
     for suffix in VIDEO_SUFFIXES:
         path = root / "data" / f"{video_id}{suffix}"
-        if path.exists():
+        if exists(path):
             return path
     return root / "data" / f"{video_id}.mp4"
 
@@ -95,8 +99,15 @@ def official_rows(videos: Any) -> Iterator[dict[str, Any]]:
             yield {}
             continue
         url = str(video.get("url") or "")
-        youtube = parse_qs(urlparse(url).query).get("v", [None])[0]
-        for question in video.get("questions") or [{}]:
+        try:
+            youtube = parse_qs(urlparse(url).query).get("v", [None])[0]
+        except ValueError:  # not a URL, e.g. "http://[oops"
+            youtube = None
+        questions = video.get("questions") or [{}]
+        for question in questions if isinstance(questions, list) else [questions]:
+            if not isinstance(question, dict):
+                yield {}
+                continue
             yield {
                 "video_id": video.get("video_id"),
                 "duration": video.get("duration_category") or video.get("duration"),
