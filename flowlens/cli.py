@@ -3,7 +3,7 @@
 Every analysis registered in `flowlens.analyses.registry` becomes a subcommand with the model, dataset
 and run flags below plus one flag per field of its options dataclass. Exit codes (one scheme for every
 command): 0 all good, 1 some samples failed, 2 usage error (found before any work), 3 no sample
-succeeded or nothing to do, 4 internal error (a bug, or a dependency that broke a mechanism).
+succeeded or nothing to do, 4 internal error (a bug, a dependency that broke a mechanism, a full disk).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ EXIT_CODES = {
     EXIT_SOME_FAILED: "some samples failed (their reasons are in the run file); the others are written",
     EXIT_USAGE: "usage error: bad arguments or input, found before any work",
     EXIT_NOTHING: "nothing done: no sample selected, or no sample succeeded",
-    EXIT_INTERNAL: "internal error: a bug, or a dependency that broke a mechanism flowlens relies on",
+    EXIT_INTERNAL: "internal error: a bug, a dependency that broke a mechanism flowlens relies on, or a full disk",
 }
 
 
