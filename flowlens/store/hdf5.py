@@ -176,6 +176,37 @@ class RunWriter:
             self._seq += 1
             self._flush()
 
+    def absorb(self, other: str | os.PathLike[str]) -> tuple[int, int]:
+        """Copy every complete sample and every failure of run file `other` (a rank's shard) that this file
+        does not have as complete; return (samples, failures) copied. Each group is copied under a temporary
+        name, flushed, then renamed: a merge stopped half-way leaves no half-copied sample."""
+        copied = [0, 0]
+        with h5py.File(other, "r", locking=False) as source:
+            for kind, index in ((schema.SAMPLES, 0), (schema.FAILURES, 1)):
+                target = self._file[kind]
+                for name, group in schema.entries(source[kind]).items():
+                    usable = group.attrs.get("complete") if index == 0 else "reason" in group.attrs
+                    if not usable or _complete(self._file[schema.SAMPLES], name):
+                        continue
+                    if index == 1 and name in self._file[schema.FAILURES]:
+                        continue  # already recorded
+                    self._check_room(_group_bytes(group))
+                    temporary = f"{schema.TEMPORARY}{name}"
+                    with self._writing():
+                        if temporary in target:
+                            del target[temporary]
+                        source.copy(group, target, name=temporary)
+                        target[temporary].attrs["seq"] = self._seq
+                        self._flush()
+                        for parent in (self._file[schema.SAMPLES], self._file[schema.FAILURES]):
+                            if name in parent:
+                                del parent[name]
+                        target.move(temporary, name)
+                        self._seq += 1
+                        self._flush()
+                    copied[index] += 1
+        return copied[0], copied[1]
+
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Flush and close the file (idempotent); after a `DiskFullError`, close it without raising again."""
@@ -232,6 +263,9 @@ class RunWriter:
                 f"cannot resume {self.path}: {len(dead)} entries ({', '.join(dead[:3])}) point at data that "
                 "never reached the disk (a write cut short); its finished samples still open: start a new run"
             )
+        for parent in (samples, failures):  # groups a merge was copying in when it stopped
+            for name in [n for n in parent if n.startswith(schema.TEMPORARY)]:
+                del parent[name]
         for name, group in schema.entries(samples).items():
             if not group.attrs.get("complete", False):
                 del samples[name]
@@ -452,6 +486,17 @@ def _checked_arrays(trace: SampleTrace) -> dict[str, np.ndarray]:
         arrays[key] = _cast(trace.sample_id, key, value, schema.RESID_VIDEO_DTYPE, (n_video, d_model))
     arrays[schema.PROBS] = _checked_probs(trace.sample_id, trace.answer)
     return arrays
+
+
+def _group_bytes(group: h5py.Group) -> int:
+    """Stored bytes of every dataset under a group (what copying it writes, about)."""
+    sizes: list[int] = []
+    group.visititems(
+        lambda name, item: (
+            sizes.append(item.id.get_storage_size()) if isinstance(item, h5py.Dataset) else None
+        )
+    )
+    return sum(sizes)
 
 
 def _column_bytes(column: np.ndarray) -> int:

@@ -103,9 +103,12 @@ def entry(parent: Any, name: str) -> Any | None:
         return None
 
 
+TEMPORARY = "~"  # names of groups being copied in (a merge): never an escaped id, never read as a sample
+
+
 def entries(parent: Any) -> dict[str, Any]:
     """Name -> group of every member of `parent` (`samples` or `failures`) that opens (see `entry`)."""
-    found = {name: entry(parent, name) for name in parent}
+    found = {name: entry(parent, name) for name in parent if not name.startswith(TEMPORARY)}
     return {name: group for name, group in found.items() if group is not None}
 
 
