@@ -247,7 +247,12 @@ def test_model_mode_equals_run_dir_mode(tmp_path):
         activations_dtype="float32",
         progress=False,
     )
-    stored = lens_from_run(tmp_path / "trace", options=options, lm=lm, progress=False)
+    forward = lm.model.forward
+    lm.model.forward = lambda *a, **k: pytest.fail("the run-folder lens ran a forward")
+    try:
+        stored = lens_from_run(tmp_path / "trace", options=options, lm=lm, progress=False)
+    finally:
+        lm.model.forward = forward
     assert (
         stored.path == tmp_path / "trace" / "lens.h5"
         and stored.config["source"]["dtypes"]["last"] == "float32"
