@@ -383,3 +383,26 @@ def test_tuned_lens_on_the_toy_beats_the_plain_lens_on_held_out_samples(tmp_path
     assert table["kl_tuned"].iloc[0] < 0.7 * table["kl_plain_final"].iloc[0]
     assert run.run_array("tuned_lens_weight").shape == (3, 64, 64)
     assert "lens-tuned-figure" in (tmp_path / "lens.html").read_text()
+
+
+def test_tuned_lens_from_a_run_folder_fits_on_stored_rows_and_resumes(tmp_path):
+    lm = tiny("llava_next_video")
+    samples = _samples(3)
+    lm.trace(samples, out=tmp_path, frames=FRAMES, progress=False, report=False)
+    options = LensOptions(video_lens=False, tuned=True, fit_on="2", tuned_steps=5)
+    run = lens_from_run(tmp_path, options=options, lm=lm, progress=False, report=False)
+    table = run.table("tuned_lens")
+    assert table["n"].tolist() == [1] * 4 and table["fit_rows"].tolist() == [2] * 4  # `last` rows of s0, s1
+    kl = run.table("tuned_kl")
+    assert kl.groupby("sample")["held_out"].first().to_dict() == {"s0": False, "s1": False, "s2": True}
+    weight = run.run_array("tuned_lens_weight")
+    assert weight.shape == (3, 64, 64) and not np.allclose(weight[0], np.eye(64))
+    run.close()
+    again = lens_from_run(tmp_path, options=options, lm=lm, progress=False, report=False, resume=True)
+    np.testing.assert_array_equal(again.run_array("tuned_lens_weight"), weight)  # reused, not refitted
+    with pytest.raises(UsageError, match="none would be held out"):
+        lens_from_run(
+            tmp_path, options=LensOptions(video_lens=False, tuned=True, fit_on="3"), lm=lm, overwrite=True
+        )
+    with pytest.raises(UsageError, match="add --tuned"):
+        LensOptions(fit_on="3")

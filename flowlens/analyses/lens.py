@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from flowlens.analyses import lens_tables as lt
@@ -29,27 +28,25 @@ from flowlens.analyses.registry import Analysis, register_analysis
 from flowlens.analyses.runner import RunControl, run_analysis, run_over_samples
 from flowlens.analyses.trace import check_context
 from flowlens.analyses.tuned_lens import (
-    BIAS,
     METHODS,
-    WEIGHT,
+    TUNED_ROWS,
     TunedLens,
-    fit_tuned_lens,
-    forward_rows,
     kl_columns,
     parse_fit_on,
+    prepare_tuned,
+    store_tuned,
 )
 from flowlens.data.sample import Sample
 from flowlens.engine.activations import ActivationCapture
 from flowlens.engine.lens import NORMS, PROJECTIONS, STATE_MODES, LensHead
 from flowlens.errors import FlowlensError, UsageError
 from flowlens.store.hdf5 import RunWriter
-from flowlens.store.run import Run, open_run, run_files
+from flowlens.store.run import Run
 
 if TYPE_CHECKING:
     from flowlens.models.base import VideoLM
 
 NAME = "lens"
-TUNED_TABLE, TUNED_ROWS = "tuned_lens", "tuned_kl"
 
 
 @dataclass
@@ -178,7 +175,8 @@ def lens(
     control_ = RunControl(out, **control)
     head, text, spec = LensHead(lm), lt.TokenText(lm.tokenizer), _spec(lm, options)
     items = samples if hasattr(samples, "failures") else list(samples)
-    tuned, held_out = _prepare_tuned(lm, head, options, control_, [str(s.id) for s in items], items)
+    ids = [str(s.id) for s in items]
+    tuned, held_out = prepare_tuned(lm, head, options, _previous(control_), ids, samples=items)
 
     def write_one(writer: RunWriter, sample: Sample) -> None:
         layout, readout, states = forward_states(lm, sample, options)
@@ -216,7 +214,22 @@ def lens_from_run(
     embeddings and final norm only).
     """
     options = options or LensOptions()
-    src = _source_run(Path(source))
+    src = lt.source_run(Path(source), skip=f"{NAME}.h5")
+    try:
+        return _from_source(src, out, options, lm, device, dtype, control)
+    finally:
+        src.close()
+
+
+def _from_source(
+    src: Run,
+    out: str | Path | None,
+    options: LensOptions,
+    lm: VideoLM | None,
+    device: str | None,
+    dtype: str | None,
+    control: dict[str, Any],
+) -> Run:
     control_ = RunControl(out if out is not None else src.path.parent, **control)
     control_.check(f"{NAME}.h5")
     traced = src.traced
@@ -224,7 +237,7 @@ def lens_from_run(
         raise FlowlensError(f"{src.path} holds no traced sample to read states from")
     frames = src.config.get("settings", {}).get("frames", options.frames)
     options = dataclasses.replace(options, frames=int(frames))
-    lm = lm or _load_model(src, device, dtype)
+    lm = lm or lt.load_run_model(src, device, dtype)
     n_layers = src.layout(traced[0]).n_layers
     if lm.n_layers != n_layers:
         raise FlowlensError(
@@ -234,7 +247,7 @@ def lens_from_run(
     head, text, spec = LensHead(lm), lt.TokenText(lm.tokenizer), _spec(lm, options)
     last_rows = lt.read_last_rows(src, groups, traced)
     stored = [_Stored(s, src.metadata(s)) for s in traced]
-    tuned, held_out = _prepare_tuned(lm, head, options, control_, traced, None, src, groups, last_rows)
+    tuned, held_out = prepare_tuned(lm, head, options, _previous(control_), traced, last_rows=last_rows)
 
     def write_one(writer: RunWriter, sample: _Stored) -> None:
         layout = src.layout(sample.id)
@@ -267,41 +280,13 @@ def lens_from_run(
     run = run_over_samples(
         lm, stored, path, config, write_one, control_.resume, control_.overwrite, False, control_.progress
     )
-    src.close()
     return _finish(run, tuned, control_.report)
 
 
-def _source_run(folder: Path) -> Run:
-    """The trace run in `folder` (its lens.h5 and other runs without traced samples are skipped)."""
-    if folder.is_file():
-        return open_run(folder)
-    found = []
-    for path in run_files(folder):
-        if path.stem == NAME:
-            continue
-        run = open_run(path)
-        if run.traced:
-            found.append(run)
-        else:
-            run.close()
-    if len(found) == 1:
-        return found[0]
-    names = ", ".join(r.path.name for r in found)
-    for run in found:
-        run.close()
-    if not found:
-        raise FlowlensError(f"{folder} holds no trace run (trace.h5) to read activations from")
-    raise FlowlensError(f"{folder} holds several trace runs ({names}); give the run file itself")
-
-
-def _load_model(src: Run, device: str | None, dtype: str | None) -> VideoLM:
-    import flowlens
-
-    name = str(src.config.get("model") or src.model_info.get("model") or "")
-    if not name:
-        raise FlowlensError(f"{src.path} does not say which model wrote it")
-    layers = src.layout(src.traced[0]).n_layers if name.startswith("tiny:") else None
-    return flowlens.load(name, device=device, dtype=dtype, revision=src.config.get("revision"), layers=layers)
+def _previous(control: RunControl) -> Path | None:
+    """The run file a resumed run continues (its tuned-lens translators are reused)."""
+    path = Path(control.out) / f"{NAME}.h5" if control.out is not None else None
+    return path if control.resume and path is not None and path.is_file() else None
 
 
 def _spec(lm: VideoLM, options: LensOptions) -> dict[str, Any]:
@@ -309,80 +294,15 @@ def _spec(lm: VideoLM, options: LensOptions) -> dict[str, Any]:
     return {"keyword_tokens": resolve_keywords(lm.tokenizer, load_keywords(options.keywords))}
 
 
-# ---------------------------------------------------------------------------- the tuned lens
-def _prepare_tuned(
-    lm: VideoLM,
-    head: LensHead,
-    options: LensOptions,
-    control: RunControl,
-    ids: list[str],
-    samples: Any,
-    src: Run | None = None,
-    groups: dict | None = None,
-    last_rows: dict | None = None,
-) -> tuple[TunedLens | None, set[str]]:
-    """(translators, held-out sample ids): stored ones on resume, else fitted on `--fit-on`."""
-    if not options.tuned:
-        return None, set(ids)
-    kind, value = parse_fit_on(options.fit_on)
-    held_out = set(ids[value:]) if kind == "first" else set(ids)
-    if kind == "first" and not held_out:
-        raise UsageError(f"--fit-on {value}: the run has {len(ids)} samples, none would be held out")
-    path = Path(control.out) / f"{NAME}.h5" if control.out is not None else None
-    if control.resume and path is not None and path.is_file():
-        with open_run(path) as previous:
-            if WEIGHT in previous.run_arrays:
-                table = previous.table(TUNED_TABLE) if TUNED_TABLE in previous.run_tables else None
-                n_rows = int(table["fit_rows"].iloc[0]) if table is not None and len(table) else 0
-                return TunedLens(previous.run_array(WEIGHT), previous.run_array(BIAS), n_rows), held_out
-    if kind == "first" and src is not None:  # a run folder: the stored `last` rows of its first N samples
-        hooks = [f"blocks.{i}.hook_resid_post" for i in range(lm.n_layers)]
-        rows = np.stack([np.concatenate([last_rows[h][s] for s in ids[:value]]) for h in hooks])
-        at_last = np.ones(rows.shape[1], bool)
-    else:
-        if kind == "first":
-            calibration = list(samples)[:value]
-        else:
-            import flowlens.data
-
-            name, split = value
-            calibration = list(flowlens.data.load(name, split=split))
-        rows, at_last = forward_rows(lm, calibration, options.frames, options.fit_tokens, options.tuned_seed)
-    fitted = fit_tuned_lens(
-        head, rows, options.tuned_fit, options.tuned_steps, options.tuned_lr, options.tuned_seed, at_last
-    )
-    return fitted, held_out
-
-
 def _finish(run: Run, tuned: TunedLens | None, report: bool) -> Run:
-    """Store the translators and the held-out KL summary (`tuned_lens`), then write the report."""
-    path = run.path
-    if tuned is not None and TUNED_ROWS in run.row_tables:
-        config, info = run.config, run.model_info
-        summary = tuned_summary(run.table(TUNED_ROWS)).assign(fit_rows=tuned.n_rows)
-        run.close()
-        with RunWriter(path, config, info, resume=True) as writer:
-            writer.write_run_array(WEIGHT, tuned.weight.astype(np.float32))
-            writer.write_run_array(BIAS, tuned.bias.astype(np.float32))
-            writer.write_run_table(TUNED_TABLE, {c: summary[c].to_numpy() for c in summary.columns})
-        run = open_run(path)
+    """Store the tuned lens (translators, held-out KL summary) with the run, then write the report."""
+    if tuned is not None:
+        run = store_tuned(run, tuned)
     if report:
         from flowlens.report.html import write_report
 
-        write_report(run, path.with_suffix(".html"))
+        write_report(run, run.path.with_suffix(".html"))
     return run
-
-
-def tuned_summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean KL(p_final || p_lens) per layer over the held-out samples: plain (both norms) and tuned."""
-    held = rows[rows["held_out"].astype(bool)]
-    out = held.groupby("layer", sort=True).agg(
-        n=("sample", "nunique"),
-        kl_plain_none=("kl_none", "mean"),
-        kl_plain_final=("kl_final", "mean"),
-        kl_tuned=("kl_tuned", "mean"),
-    )
-    return out.reset_index().astype({"layer": np.int64, "n": np.int64})
 
 
 # ---------------------------------------------------------------------------- registration

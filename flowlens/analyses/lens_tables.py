@@ -7,6 +7,7 @@ and the same function turns it into rows, so the two modes agree wherever the st
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,8 +16,10 @@ import torch
 
 from flowlens.engine.lens import NORMS, LensHead, lens_states, needed_hooks, stacked
 from flowlens.errors import FlowlensError
+from flowlens.store.run import open_run, run_files
 
 if TYPE_CHECKING:
+    from flowlens.models.base import VideoLM
     from flowlens.models.layout import TokenLayout
     from flowlens.store.run import Run
 
@@ -140,6 +143,40 @@ def video_lens_columns(
 
 
 # ---------------------------------------------------------------------------- stored states
+def source_run(folder: Path, skip: str) -> Run:
+    """The trace run in `folder` (the run file named `skip`, e.g. lens.h5, and runs without traces left out)."""
+    if folder.is_file():
+        return open_run(folder)
+    found = []
+    for path in run_files(folder):
+        if path.name == skip:
+            continue
+        run = open_run(path)
+        if run.traced:
+            found.append(run)
+        else:
+            run.close()
+    if len(found) == 1:
+        return found[0]
+    names = ", ".join(r.path.name for r in found)
+    for run in found:
+        run.close()
+    if not found:
+        raise FlowlensError(f"{folder} holds no trace run (trace.h5) to read activations from")
+    raise FlowlensError(f"{folder} holds several trace runs ({names}); give the run file itself")
+
+
+def load_run_model(src: Run, device: str | None, dtype: str | None) -> VideoLM:
+    """The model that wrote `src` (its config's name and revision; a tiny model at the run's depth)."""
+    import flowlens
+
+    name = str(src.config.get("model") or src.model_info.get("model") or "")
+    if not name:
+        raise FlowlensError(f"{src.path} does not say which model wrote it")
+    layers = src.layout(src.traced[0]).n_layers if name.startswith("tiny:") else None
+    return flowlens.load(name, device=device, dtype=dtype, revision=src.config.get("revision"), layers=layers)
+
+
 def stored_groups(source: Run, n_layers: int, states: str, video: bool) -> dict[str, dict[str, str]]:
     """group -> {hook: stored group to read it from}; a FlowlensError naming the trace flags when one is missing."""
     held = set(source.activation_names())

@@ -15,13 +15,17 @@ compared with the plain lens on held-out samples: KL(p_final || p_lens) at `last
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from flowlens.engine.lens import LensHead, lens_states
-from flowlens.errors import FlowlensError
+from flowlens.errors import FlowlensError, UsageError
+from flowlens.store.hdf5 import RunWriter
+from flowlens.store.run import Run, open_run
 
 if TYPE_CHECKING:
     from flowlens.models.base import VideoLM
@@ -30,6 +34,7 @@ METHODS = ("kl", "lstsq")
 BATCH = 256
 RIDGE = 1e-3  # ridge penalty of `lstsq`, relative to the mean squared row norm of the inputs
 WEIGHT, BIAS = "tuned_lens_weight", "tuned_lens_bias"
+TUNED_TABLE, TUNED_ROWS = "tuned_lens", "tuned_kl"  # the run table, and the per-sample rows it averages
 KL_COLUMNS = ("kl_none", "kl_final", "kl_tuned")
 
 
@@ -208,3 +213,73 @@ def kl_columns(
         "kl_final": kl(head.norm(raw)).astype(np.float64),
         "kl_tuned": kl(head.norm(translated)).astype(np.float64),
     }
+
+
+# ---------------------------------------------------------------------------- in a lens run
+def prepare_tuned(
+    lm: VideoLM,
+    head: LensHead,
+    options: Any,
+    previous: Path | None,
+    ids: list[str],
+    samples: Any = None,
+    last_rows: dict[str, dict[str, np.ndarray]] | None = None,
+) -> tuple[TunedLens | None, set[str]]:
+    """(translators, held-out sample ids) of a lens run with `options.tuned`: those stored in `previous` (a
+    resumed run), else fitted on `--fit-on`: the first N of `samples` (a forward each) or of the stored
+    `last_rows` (a run folder), or a dataset (a forward each)."""
+    if not options.tuned:
+        return None, set(ids)
+    kind, value = parse_fit_on(options.fit_on)
+    held_out = set(ids[value:]) if kind == "first" else set(ids)
+    if kind == "first" and not held_out:
+        raise UsageError(f"--fit-on {value}: the run has {len(ids)} samples, none would be held out")
+    if previous is not None:
+        with open_run(previous) as run:
+            if WEIGHT in run.run_arrays:
+                table = run.table(TUNED_TABLE) if TUNED_TABLE in run.run_tables else None
+                n_rows = int(table["fit_rows"].iloc[0]) if table is not None and len(table) else 0
+                return TunedLens(run.run_array(WEIGHT), run.run_array(BIAS), n_rows), held_out
+    if kind == "first" and last_rows is not None:
+        hooks = [f"blocks.{i}.hook_resid_post" for i in range(lm.n_layers)]
+        rows = np.stack([np.concatenate([last_rows[h][s] for s in ids[:value]]) for h in hooks])
+        at_last = np.ones(rows.shape[1], bool)
+    else:
+        if kind == "first":
+            calibration = list(samples)[:value]
+        else:
+            import flowlens.data
+
+            name, split = value
+            calibration = list(flowlens.data.load(name, split=split))
+        rows, at_last = forward_rows(lm, calibration, options.frames, options.fit_tokens, options.tuned_seed)
+    fitted = fit_tuned_lens(
+        head, rows, options.tuned_fit, options.tuned_steps, options.tuned_lr, options.tuned_seed, at_last
+    )
+    return fitted, held_out
+
+
+def store_tuned(run: Run, tuned: TunedLens) -> Run:
+    """Write the translators and the held-out summary (`tuned_lens`) into a finished run; return it reopened."""
+    if TUNED_ROWS not in run.row_tables:
+        return run
+    path, config, info = run.path, run.config, run.model_info
+    summary = tuned_summary(run.table(TUNED_ROWS)).assign(fit_rows=tuned.n_rows)
+    run.close()
+    with RunWriter(path, config, info, resume=True) as writer:
+        writer.write_run_array(WEIGHT, tuned.weight.astype(np.float32))
+        writer.write_run_array(BIAS, tuned.bias.astype(np.float32))
+        writer.write_run_table(TUNED_TABLE, {c: summary[c].to_numpy() for c in summary.columns})
+    return open_run(path)
+
+
+def tuned_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean KL(p_final || p_lens) per layer over the held-out samples: plain (both norms) and tuned."""
+    held = rows[rows["held_out"].astype(bool)]
+    out = held.groupby("layer", sort=True).agg(
+        n=("sample", "nunique"),
+        kl_plain_none=("kl_none", "mean"),
+        kl_plain_final=("kl_final", "mean"),
+        kl_tuned=("kl_tuned", "mean"),
+    )
+    return out.reset_index().astype({"layer": np.int64, "n": np.int64})

@@ -32,6 +32,18 @@ def _settings(run: Run) -> dict[str, Any]:
     return run.config.get("settings", {})
 
 
+def _precision_note(run: Run) -> str:
+    """A note when a run-folder lens read float16 states (e.g. the `resid_last` summary every trace keeps)."""
+    dtypes = run.config.get("source", {}).get("dtypes", {})
+    low = sorted(group for group, dtype in dtypes.items() if dtype != "float32")
+    if not low:
+        return ""
+    return (
+        f"states at {', '.join(low)} read from float16 stored rows (trace with --activations-dtype float32 "
+        "for the fp32 numbers)"
+    )
+
+
 def _is_lens(run: Run) -> bool:
     return run.config.get("analysis") == "lens" and "answer_lens" in run.row_tables
 
@@ -94,6 +106,8 @@ def answer_section(run: Run) -> Section | None:
         f"solid: norm none (the paper), dashed: the final norm applied first. Mean over {which}. "
         f"The true letter's mean p first exceeds the most probable false letter's: {text}."
     )
+    if _precision_note(run):
+        caption += f" Note: {_precision_note(run)}."
     return Section("lens-answer", "Logit lens: answer emergence", caption, {"lens-answer-figure": figure})
 
 
@@ -299,6 +313,8 @@ def summary_lines(run: Run) -> list[str]:
         shown = " ".join(f"{p:.2f}" for p in rows["p_true"])
         when = "never" if first is None else f"from layer {first} (0-based)"
         lines.append(f"  norm {norm:<5}: p(true letter) per layer {shown}; above every false letter {when}")
+    if _precision_note(run):
+        lines.append(_precision_note(run))
     if "video_lens" in run.row_tables:
         stats = run.table("lens_keywords")
         kept = stats[stats["keyword"] != ALL_AVERAGE].groupby("category")["keyword"].unique()
