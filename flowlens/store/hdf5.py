@@ -151,6 +151,19 @@ class RunWriter:
         rows.write_table(tables, table, checked)
         self._flush()
 
+    def write_run_array(self, name: str, data: np.ndarray) -> None:
+        """Store (or replace) an array of the whole run, e.g. fitted lens translators (`run_arrays/<name>`)."""
+        if not isinstance(name, str) or not name or schema.escape_id(name) != name:
+            raise FlowlensError(f"a run array name is letters, digits, '_' and '-', got {name!r}")
+        array = np.ascontiguousarray(np.asarray(data))
+        if array.dtype.kind not in "biuf":
+            raise FlowlensError(f"run array {name!r} must hold numbers, got dtype {array.dtype}")
+        arrays = self._file.require_group(schema.RUN_ARRAYS_GROUP)
+        if name in arrays:
+            del arrays[name]
+        _create(arrays, name, array, tuple(f"axis{i}" for i in range(array.ndim)))
+        self._flush()
+
     def write_failure(self, sample_id: str, reason: str, metadata: Mapping[str, Any] | None = None) -> None:
         """Record that `sample_id` failed and why; completed samples are never touched (retried on resume)."""
         name = schema.escape_id(sample_id)

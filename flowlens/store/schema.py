@@ -24,6 +24,7 @@ PROBS = "probs"
 LAYOUT = "layout"
 TABLES_GROUP = "tables"  # a rows sample's named tables: tables/<table>/<escaped column>
 RUN_TABLES_GROUP = "run_tables"  # tables of the whole run (root level): run_tables/<table>/<escaped column>
+RUN_ARRAYS_GROUP = "run_arrays"  # arrays of the whole run (root level), e.g. tuned-lens translators
 
 # Tables every run has, tables built from traced samples, and the columns `Run.table` puts before row columns.
 RUN_TABLES = ("answers", "failures")
