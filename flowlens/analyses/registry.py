@@ -25,6 +25,7 @@ _BUILTIN = (
     "flowlens.analyses.trace_run",
     "flowlens.analyses.knockout_run",
     "flowlens.analyses.pathways",
+    "probes.analysis",
 )
 _ANALYSES: dict[str, Analysis] = {}
 
