@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.dummy import DummyClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
@@ -27,8 +28,9 @@ from probes.options import C_GRID
 class LinearProbe(ClassifierMixin, BaseEstimator):
     """Logistic regression on standardised features, C chosen by inner cross-validation grouped by sample.
 
-    `fit(X, y, groups=None)`: without groups every row is its own group. With fewer than two groups (or
-    one value in `c_grid`) there is nothing to choose from and the middle of the grid is used. After
+    `fit(X, y, groups=None)`: without groups every row is its own group. With one value in `c_grid`,
+    fewer than two groups, or an inner fold whose training rows hold a single class, there is no choice
+    to make and the middle of the grid is used; with one class in `y` the probe predicts that class. After
     fitting: `C_` (the chosen C), `pipeline_` (the refitted pipeline), `converged_` (lbfgs converged on
     every fit), `classes_`, `inner_splits_` (the (train, validation) rows of each inner fold).
     """
@@ -56,24 +58,24 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         grid = [float(c) for c in self.c_grid]
         if not grid:
             raise FlowlensError("a probe needs at least one value of C")
-        folds = min(int(self.inner_folds), len(np.unique(groups)))
+        middle = float(np.sort(grid)[(len(grid) - 1) // 2])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-            self.inner_splits_: list[tuple[np.ndarray, np.ndarray]] = []
-            if len(grid) == 1 or folds < 2 or len(np.unique(y)) < 2:
-                self.C_ = float(np.sort(grid)[(len(grid) - 1) // 2])
-                self.pipeline_ = self._pipeline(self.C_).fit(X, y)
+            self.inner_splits_ = self._inner_splits(y, groups, len(grid))
+            if len(np.unique(y)) < 2:  # one class to learn: predict it (logistic regression needs two)
+                self.C_ = middle
+                self.pipeline_ = make_pipeline(DummyClassifier(strategy="most_frequent")).fit(X, y)
+            elif not self.inner_splits_:  # nothing to choose C with: the middle of the grid
+                self.C_ = middle
+                self.pipeline_ = self._pipeline(middle).fit(X, y)
             else:
-                split = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=self.seed)
-                self.inner_splits_ = list(split.split(X, y, groups))
                 search = GridSearchCV(
                     self._pipeline(grid[0]),
                     {"logisticregression__C": grid},
                     cv=self.inner_splits_,
                     error_score="raise",
-                )
-                search.fit(X, y)
+                ).fit(X, y)
                 self.C_ = float(search.best_params_["logisticregression__C"])
                 self.pipeline_ = search.best_estimator_
         self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
@@ -82,6 +84,17 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self.classes_ = self.pipeline_.classes_
         return self
+
+    def _inner_splits(
+        self, y: np.ndarray, groups: np.ndarray, n_grid: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Inner (fit, validation) rows split by group; none when there is no choice to make or data to make
+        it with (one C, fewer than two groups, or an inner fit fold of a single class)."""
+        folds = min(int(self.inner_folds), len(np.unique(groups)))
+        if n_grid < 2 or folds < 2 or len(np.unique(y)) < 2:
+            return []
+        splits = group_folds(y, groups, folds, self.seed)
+        return [] if any(len(np.unique(y[fit])) < 2 for fit, _ in splits) else splits
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.pipeline_.predict(np.asarray(X))
@@ -111,10 +124,25 @@ def outer_folds(
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise FlowlensError(f"probing needs rows from at least 2 samples, got {n_groups}")
-    split = StratifiedGroupKFold(n_splits=min(folds, n_groups), shuffle=True, random_state=seed)
+    return group_folds(y, groups, min(folds, n_groups), seed)
+
+
+def group_folds(
+    y: np.ndarray, groups: np.ndarray, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`StratifiedGroupKFold(folds, shuffle=True, random_state=seed)` splits; when no class has `folds` rows
+    (it refuses), the groups in a seeded random order dealt to the folds in turn."""
+    split = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        return [(train, test) for train, test in split.split(np.zeros(len(y)), y, groups)]
+        try:
+            return list(split.split(np.zeros(len(y)), y, groups))
+        except ValueError:
+            pass
+    names = np.random.default_rng(seed).permutation(np.unique(groups))
+    fold_of = dict(zip(names.tolist(), np.arange(len(names)) % folds, strict=True))
+    assigned = np.asarray([fold_of[g] for g in groups.tolist()])
+    return [(np.flatnonzero(assigned != k), np.flatnonzero(assigned == k)) for k in range(folds)]
 
 
 def cross_validate(

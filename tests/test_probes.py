@@ -240,3 +240,15 @@ def test_summary_json(model_mode: Path) -> None:
         found = analysis("probe").summary_json(run)
     assert len(found["probes"]) == 8 and found["summary"][0].startswith("frame_index: best layer")
     json.dumps(found)
+
+
+def test_docs_list_every_option() -> None:
+    import dataclasses
+
+    from flowlens.analyses.options import flag
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "probes.md").read_text()
+    missing = [
+        flag(f.name) for f in dataclasses.fields(probes.ProbeOptions) if f"`{flag(f.name)}`" not in page
+    ]
+    assert not missing, f"docs/probes.md does not describe {missing}"
