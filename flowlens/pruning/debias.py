@@ -99,7 +99,8 @@ def fit_key(run: Run, name: str, params: dict[str, Any], samples: list[str]) -> 
 def load_fit(
     path: str | Path, axis: str, family: str, scorer: str | None = None, layer: int | None = None
 ) -> TrendFit:
-    """The stored fit for (axis, family[, scorer label or name][, layer]) in a debias run (file or folder)."""
+    """The stored calibration fit (stage `raw`) for (axis, family[, scorer label or name][, layer]) in a
+    debias run (file or folder)."""
     from flowlens.store.run import open_run
 
     path = Path(path)
@@ -111,7 +112,7 @@ def load_fit(
         if FITS_TABLE not in run.run_tables:
             raise FlowlensError(f"{path} holds no `{FITS_TABLE}` table")
         table = run.table(FITS_TABLE)
-    rows = table[(table["axis"] == axis) & (table["family"] == family)]
+    rows = table[(table["axis"] == axis) & (table["family"] == family) & (table["stage"] == "raw")]
     if scorer is not None:
         rows = rows[(rows["scorer_label"] == scorer) | (rows["scorer"] == scorer)]
     if layer is not None:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 AXES = ("global_index", "frame", "within_frame_index", "row", "col")
 FAMILIES = ("exp", "poly3", "nonparametric")
 MODES = ("divide", "subtract")
-FLOOR = 1e-6  # trends are floored at this fraction of the largest mean score (exp needs logs; poly3 may dip)
+FLOOR = 0.5  # trends are floored at this fraction of the smallest positive mean score (poly3 may dip to 0)
 
 
 def token_positions(layout: TokenLayout, axis: str) -> np.ndarray:
@@ -132,8 +132,8 @@ def fit_trend(
     n = means.size
     seen = counts > 0
     x, y, w = np.flatnonzero(seen).astype(np.float64), means[seen], counts[seen]
-    top = float(np.max(np.abs(y))) if y.size else 0.0
-    floor = FLOOR * top if top > 0 else FLOOR
+    positive = y[y > 0]
+    floor = FLOOR * float(positive.min()) if positive.size else 1e-12
     if family == "exp":
         if x.size < 2:
             params = [math.log(max(y[0], floor)) if y.size else 0.0, 0.0]
