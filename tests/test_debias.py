@@ -154,6 +154,20 @@ def test_diagnostics_against_independent_computation():
     assert dg.kept_share(keeps[0], np.array([1, 1, 0, 0], bool)) == pytest.approx(1 / 3)
 
 
+def sinks_by_loop(received, ratio=10.0, share=0.5):
+    """Independent sink rule: count, token by token, the (layer, head) pairs where it is an outlier."""
+    layers, heads, n = received.shape
+    out = []
+    for j in range(n):
+        hits = 0
+        for layer in range(layers):
+            for head in range(heads):
+                row = received[layer, head]
+                hits += row[j] >= ratio * float(np.median(row)) and row[j] > 0
+        out.append(hits / (layers * heads) >= share)
+    return np.array(out)
+
+
 # ------------------------------------------------------------------ end to end on the toy model
 @pytest.fixture(scope="module")
 def toy_debias(tmp_path_factory):
@@ -211,7 +225,14 @@ def test_cli_end_to_end(toy_debias):
 
 def test_run_folder_mode_and_debias_steps(toy_debias, tmp_path):
     from flowlens.analyses.debias import DebiasOptions, debias_run
-    from flowlens.pruning.debias import calibrate, load_fit, positional_trend
+    from flowlens.pruning.debias import (
+        calibrate,
+        calibrate_contexts,
+        context_sinks,
+        load_fit,
+        positional_trend,
+        sample_sinks,
+    )
     from flowlens.pruning.scorers import ScoreContext
     from flowlens.store.run import open_run
 
@@ -232,6 +253,14 @@ def test_run_folder_mode_and_debias_steps(toy_debias, tmp_path):
         via_file = positional_trend(scores, context, fit=str(toy_debias), scorer="attn_last(layer=1)")
         np.testing.assert_allclose(via_run, expected)
         np.testing.assert_allclose(via_file, expected)
+        embedded = positional_trend(scores, context, fit=json.loads(fit.to_json()))  # the fit as spec data
+        np.testing.assert_allclose(embedded, expected)
+        contexts = [ScoreContext(trace, s) for s in trace.traced]
+        assert calibrate_contexts(contexts, "attn_last", {"layer": 1}).params == pytest.approx(fit.params)
+        flags, source = context_sinks(context)
+        assert source == "received" and np.array_equal(flags, sample_sinks(trace, sample)[0])
+        received = trace.array(sample, "received_attention")[:, :, 0]
+        assert np.array_equal(flags, sinks_by_loop(received))
         context.cache["scorer"] = {"name": "attn_last", "layer": 1}  # what the pruning engine may pass
         np.testing.assert_allclose(
             positional_trend(scores, ScoreContext(trace, sample, context.cache)), expected

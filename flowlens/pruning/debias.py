@@ -5,13 +5,14 @@ Registered with `flowlens.pruning.spec.register_debias` (when that module exists
 
 - `positional_trend(axis, family, mode, fit, scorer, calibration, bins, smooth, pad_threshold, sinks)`:
   divide by (or subtract) a positional trend. The trend comes from `fit` (a `debias.h5` or its folder,
-  written by `flowlens debias`), else is calibrated over every traced sample of the context's run with
+  written by `flowlens debias`, or the fit's data itself: a `TrendFit` as a dict), else is calibrated over every traced sample of the context's run with
   `scorer` (or the scorer the pruning engine put in `context.cache["scorer"]`), or, with
   `calibration="sample"`, over the sample's own scores.
 - `pad_mask(threshold, padding)`: tokens whose pad fraction exceeds `threshold` ranked last.
 - `sink_mask(source, ratio, share, norm_ratio)`: sink tokens ranked last.
 
 Plain functions (no registry): `trend.apply(scores, positions, fit, mode)`, `calibrate(run, ...)`,
+`calibrate_contexts(contexts, ...)`, `context_sinks(context, ...)`, `context_padding(context, ...)`,
 `load_fit(path, ...)`, `sample_sinks(run, sample, ...)`, `sample_padding(run, sample, ...)`.
 """
 
@@ -80,6 +81,31 @@ def calibrate(
     means, counts = position_means(scores, positions)
     key = fit_key(run, name, params, ids)
     return fit_trend(means, counts, family, axis, bins, smooth, key)
+
+
+def calibrate_contexts(
+    contexts: list[ScoreContext],
+    name: str,
+    params: dict[str, Any],
+    axis: str = "global_index",
+    family: str = "exp",
+    bins: int = 16,
+    smooth: float = 1.0,
+    key: dict[str, Any] | None = None,
+) -> TrendFit:
+    """The positional trend of a scorer over calibration samples given as `ScoreContext`s (any source: a
+    run file or in-memory traces); `key` is stored with the fit."""
+    from flowlens.pruning.scorers import score
+
+    if not contexts:
+        raise FlowlensError("a trend needs at least one calibration sample")
+    scores = [score(name, c, **params) for c in contexts]
+    positions = [token_positions(c.layout, axis) for c in contexts]
+    means, counts = position_means(scores, positions)
+    base = {"scorer": name, "scorer_params": params, "scorer_label": scorer_label(name, params)}
+    return fit_trend(
+        means, counts, family, axis, bins, smooth, {**base, "n_samples": len(contexts), **(key or {})}
+    )
 
 
 def fit_key(run: Run, name: str, params: dict[str, Any], samples: list[str]) -> dict[str, Any]:
@@ -165,10 +191,52 @@ def sample_sinks(
     return flags, source
 
 
+def context_sinks(
+    context: ScoreContext,
+    source: str = "auto",
+    ratio: float = 10.0,
+    share: float = 0.5,
+    norm_ratio: float = 5.0,
+) -> tuple[np.ndarray, str]:
+    """`sample_sinks` for a `ScoreContext` (a run file or an in-memory trace)."""
+    run = getattr(context, "run", None)
+    if run is not None and getattr(context, "trace", None) is None and not getattr(context, "arrays", None):
+        return sample_sinks(run, context.sample, source, ratio, share, norm_ratio)
+    if source not in SINK_SOURCES:
+        raise FlowlensError(f"unknown sink source {source!r}; sources: {', '.join(SINK_SOURCES)}")
+    try:
+        received = context.array("received_attention")[:, :, 0] if source != "last" else None
+    except FlowlensError:
+        if source == "received":
+            raise
+        received = None
+    used = "received" if received is not None else "last"
+    flags = sk.received_sinks(
+        received if received is not None else context.array("last_to_video"), ratio, share
+    )
+    resid = getattr(getattr(context, "trace", None), "resid_video", None) or {}
+    if resid:
+        norms = np.stack(
+            [np.linalg.norm(np.asarray(v, dtype=np.float64), axis=-1) for _, v in sorted(resid.items())]
+        )
+        flags, used = flags | sk.norm_sinks(norms, norm_ratio), used + "+norms"
+    return flags, used
+
+
+def context_padding(context: ScoreContext, padding: str = "auto") -> np.ndarray:
+    """`sample_padding` for a `ScoreContext` (a run file or an in-memory trace)."""
+    trace = getattr(context, "trace", None)
+    if trace is not None:
+        return _padding(context.layout, dict(getattr(trace, "metadata", {}) or {}), padding)
+    return sample_padding(context.run, context.sample, padding)
+
+
 def sample_padding(run: Run, sample: str, padding: str = "auto") -> np.ndarray:
     """float[V] pad fraction of each video token from the preprocessing geometry (`sinks.pad_fractions`)."""
-    layout = run.layout(sample)
-    meta = run.metadata(sample)
+    return _padding(run.layout(sample), run.metadata(sample), padding)
+
+
+def _padding(layout: Any, meta: dict[str, Any], padding: str) -> np.ndarray:
     size = None
     if "frame_height" in meta and "frame_width" in meta:
         size = (int(meta["frame_height"]), int(meta["frame_width"]))
@@ -182,7 +250,7 @@ def positional_trend(
     axis: str = "global_index",
     family: str = "exp",
     mode: str = "divide",
-    fit: str | None = None,
+    fit: str | dict[str, Any] | TrendFit | None = None,
     scorer: Any = None,
     calibration: str = "run",
     bins: int = 16,
@@ -197,7 +265,11 @@ def positional_trend(
     if sinks:
         scores = sink_mask(scores, context)
     positions = token_positions(context.layout, axis)
-    if fit is not None:
+    if isinstance(fit, TrendFit):
+        trend = fit
+    elif isinstance(fit, dict):  # a fit embedded in the spec (`TrendFit` data, e.g. from `debias_fits`)
+        trend = TrendFit.from_json(fit)
+    elif fit is not None:
         name = None if scorer is None else scorer_label(*scorer_of(scorer))
         trend = load_fit(fit, axis, family, name)
     elif calibration == "sample":
@@ -205,10 +277,11 @@ def positional_trend(
         trend = fit_trend(means, counts, family, axis, bins, smooth)
     elif calibration == "run":
         given = scorer if scorer is not None else context.cache.get("scorer")
-        if given is None:
+        if given is None or getattr(context, "run", None) is None:
             raise FlowlensError(
-                "positional_trend calibrates over the run's samples and needs the scorer: give "
-                "`scorer: {name: ..., ...}`, a stored `fit: DEBIAS_DIR`, or `calibration: sample`"
+                "positional_trend calibrates over the samples of a run file and needs the scorer: give "
+                "`scorer: {name: ..., ...}` on a run, a stored `fit: DEBIAS_DIR` (or the fit itself), or "
+                "`calibration: sample`"
             )
         name, params = scorer_of(given)
         key = (str(context.run.path), scorer_label(name, params), axis, family, bins, smooth)
@@ -224,7 +297,7 @@ def pad_mask(
     scores: np.ndarray, context: ScoreContext, threshold: float = 0.5, padding: str = "auto"
 ) -> np.ndarray:
     """Tokens whose pad fraction exceeds `threshold` ranked below every other (intcomp 0.5, PDrop 0.01)."""
-    pad = sample_padding(context.run, context.sample, padding)
+    pad = context_padding(context, padding)
     return sk.mask_scores(scores, pad > threshold)
 
 
@@ -237,7 +310,7 @@ def sink_mask(
     norm_ratio: float = 5.0,
 ) -> np.ndarray:
     """Sink tokens (`sample_sinks`) ranked below every other token."""
-    flags, _ = sample_sinks(context.run, context.sample, source, ratio, share, norm_ratio)
+    flags, _ = context_sinks(context, source, ratio, share, norm_ratio)
     return sk.mask_scores(scores, flags)
 
 

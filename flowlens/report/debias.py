@@ -135,12 +135,14 @@ def trend_section(run: Run) -> Section | None:
     axis = settings.get("apply_axis", "global_index")
     caption = (
         "Mean score of each scorer at each position over the calibration samples (markers) and the fitted "
-        "trends (lines: exp solid, poly3 dashed, nonparametric dotted). Bias strength: lambda = "
+        "trends along each axis, the applied axis first (lines: exp solid, poly3 dashed, nonparametric "
+        "dotted; the legend gives each fit's amplification). Bias strength: lambda = "
         "log(trend(N-1)/trend(0))/(N-1) (the fitted rate for exp) and the amplification exp(lambda(N-1)). "
         f"Rows `debiased`: the applied trend ({settings.get('apply_family')} on {axis}, mode "
         f"{settings.get('mode')}) refitted to the debiased scores -- what is left of the bias."
     )
-    figures = {f"debias-trend-{a}": trend_figure(fits, a) for a in dict.fromkeys(fits["axis"]) if a == axis}
+    order = [axis, *(a for a in dict.fromkeys(fits["axis"]) if a != axis)]
+    figures = {f"debias-trend-{a}": trend_figure(fits, a) for a in order if (fits["axis"] == a).any()}
     return Section(
         id="debias-trend",
         title="Positional trends of token scores",
