@@ -267,3 +267,43 @@ def test_run_folder_mode_and_debias_steps(toy_debias, tmp_path):
         )
         with pytest.raises(FlowlensError, match="needs the scorer"):
             positional_trend(scores, ScoreContext(trace, sample))
+
+
+def test_per_sample_variant_ignores_the_salient_few(monkeypatch):
+    """`calibration: sample` fits the sample's low-score majority: a few planted salient tokens do not bend
+    the trend, and the step plugs into a pruning-spec registry with the documented signature."""
+    import sys
+    import types
+
+    import flowlens.pruning.debias as debias
+
+    n, lam = 400, 0.004
+    rng = np.random.default_rng(5)
+    scores = np.exp(lam * np.arange(n)) * np.exp(0.05 * rng.standard_normal(n))
+    salient = rng.choice(n // 2, 10, replace=False)  # early tokens made 50x more important
+    scores[salient] *= 50
+
+    class Context:
+        layout = types.SimpleNamespace(video_cells=np.stack([np.zeros(n), np.zeros(n), np.arange(n)], 1))
+        cache: dict = {}
+
+    out = debias.positional_trend(scores, Context(), calibration="sample")
+    means, counts = position_means([np.delete(scores, salient)], [np.delete(np.arange(n), salient)])
+    reference = fit_trend(means, counts, "exp")
+    first = fit_trend(*position_means([scores], [np.arange(n)]), "exp")
+    ratio = scores / first.trend(np.arange(n))
+    low = ratio <= np.quantile(ratio, 0.8)
+    only_low = fit_trend(*position_means([scores[low]], [np.arange(n)[low]]), "exp")
+    assert abs(first.lam - lam) > 0.1 * lam  # the salient few bend a plain fit (by 18 % here)
+    assert abs(only_low.lam - lam) < 0.05 * lam and abs(reference.lam - lam) < 0.05 * lam
+    np.testing.assert_allclose(out, apply(scores, np.arange(n), only_low))
+    registered = {}
+    fake = types.ModuleType("flowlens.pruning.spec")
+    fake.register_debias = lambda name: lambda function: registered.setdefault(name, function)
+    monkeypatch.setitem(sys.modules, "flowlens.pruning.spec", fake)
+    debias._register()
+    assert registered == {
+        "positional_trend": debias.positional_trend,
+        "pad_mask": debias.pad_mask,
+        "sink_mask": debias.sink_mask,
+    }

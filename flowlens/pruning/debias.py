@@ -7,7 +7,7 @@ Registered with `flowlens.pruning.spec.register_debias` (when that module exists
   divide by (or subtract) a positional trend. The trend comes from `fit` (a `debias.h5` or its folder,
   written by `flowlens debias`, or the fit's data itself: a `TrendFit` as a dict), else is calibrated over every traced sample of the context's run with
   `scorer` (or the scorer the pruning engine put in `context.cache["scorer"]`), or, with
-  `calibration="sample"`, over the sample's own scores.
+  `calibration="sample"`, over the sample's own low-score majority (`sample_trend`).
 - `pad_mask(threshold, padding)`: tokens whose pad fraction exceeds `threshold` ranked last.
 - `sink_mask(source, ratio, share, norm_ratio)`: sink tokens ranked last.
 
@@ -253,6 +253,7 @@ def positional_trend(
     fit: str | dict[str, Any] | TrendFit | None = None,
     scorer: Any = None,
     calibration: str = "run",
+    majority: float = 0.8,
     bins: int = 16,
     smooth: float = 1.0,
     pad_threshold: float | None = None,
@@ -272,9 +273,8 @@ def positional_trend(
     elif fit is not None:
         name = None if scorer is None else scorer_label(*scorer_of(scorer))
         trend = load_fit(fit, axis, family, name)
-    elif calibration == "sample":
-        means, counts = position_means([scores], [positions])
-        trend = fit_trend(means, counts, family, axis, bins, smooth)
+    elif calibration == "sample":  # the sample's own low-score majority: its few salient tokens left out
+        trend = sample_trend(scores, positions, family, axis, majority, bins, smooth)
     elif calibration == "run":
         given = scorer if scorer is not None else context.cache.get("scorer")
         if given is None or getattr(context, "run", None) is None:
@@ -291,6 +291,33 @@ def positional_trend(
     else:
         raise FlowlensError(f"positional_trend calibration is run or sample, got {calibration!r}")
     return apply(scores, positions, trend, mode)
+
+
+def sample_trend(
+    scores: np.ndarray,
+    positions: np.ndarray,
+    family: str = "exp",
+    axis: str = "global_index",
+    majority: float = 0.8,
+    bins: int = 16,
+    smooth: float = 1.0,
+) -> TrendFit:
+    """One sample's own trend, fitted to its low-score majority: fit every token, drop the tokens whose
+    score / trend ratio is above the `majority` quantile (the salient few), refit on the rest."""
+    if not 0 < majority <= 1:
+        raise FlowlensError(f"positional_trend: 0 < majority <= 1, got {majority}")
+    scores, positions = np.asarray(scores, dtype=np.float64), np.asarray(positions, dtype=np.int64)
+    first = fit_trend(*position_means([scores], [positions]), family, axis, bins, smooth)
+    placed = positions >= 0
+    ratio = np.where(placed, scores / first.trend(np.where(placed, positions, 0)), np.inf)
+    low = placed & (ratio <= np.quantile(ratio[placed], majority))
+    means, counts = position_means([scores[low]], [positions[low]])
+    n = int(positions.max()) + 1
+    means = np.concatenate([means, np.full(n - means.size, np.nan)])
+    counts = np.concatenate([counts, np.zeros(n - counts.size)])
+    return fit_trend(
+        means, counts, family, axis, bins, smooth, {"calibration": "sample", "majority": majority}
+    )
 
 
 def pad_mask(
