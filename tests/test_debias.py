@@ -307,3 +307,14 @@ def test_per_sample_variant_ignores_the_salient_few(monkeypatch):
         "pad_mask": debias.pad_mask,
         "sink_mask": debias.sink_mask,
     }
+
+
+def test_cli_refuses_bad_scorers_before_any_forward(tmp_path, capsys):
+    from flowlens.cli import main
+
+    base = ["debias", "toy", "--dataset", "synthetic", "--limit", "2"]
+    assert main([*base, "--scorer", "nosuch", "--out", str(tmp_path / "a")]) != 0
+    assert "unknown scorer 'nosuch'" in capsys.readouterr().err
+    assert main([*base, "--scorer-layers", "7", "--out", str(tmp_path / "b")]) != 0
+    assert "the model has layers 0 to 3" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "trace.h5").exists() and not (tmp_path / "b" / "trace.h5").exists()

@@ -148,6 +148,18 @@ class DebiasAnalysis(Analysis):
     help = "positional trends of token scorers (intcomp), sinks and padding, top-k diagnostics (no forward)"
     Options = DebiasOptions
 
+    def resolve(self, args: Any, options: DebiasOptions) -> dict[str, Any]:
+        from flowlens.analyses.debias_tables import parse_scorers
+
+        parse_scorers(options.scorer, options.scorer_layers)  # an unknown scorer fails before any forward
+        return {}
+
+    def check(self, lm: VideoLM, options: DebiasOptions, extra: dict[str, Any]) -> list[str]:
+        bad = [layer for layer in options.scorer_layers if not 0 <= layer < lm.n_layers]
+        if bad:
+            raise FlowlensError(f"--scorer-layers {bad}: the model has layers 0 to {lm.n_layers - 1}")
+        return []
+
     def announce(self, lm: VideoLM, samples: Any, options: DebiasOptions) -> list[str]:
         return [
             f"debias: tracing {len(list(samples))} samples first, then fitting {', '.join(options.scorer)}"
