@@ -50,7 +50,7 @@ def trend_figure(fits: pd.DataFrame, axis: str) -> go.Figure:
                         marker={"color": colour, "size": 5},
                     )
                 )
-            name = f"{label} {fit.family} (x{fit.amplification:.2f})"
+            name = f"{label} {fit.family} (x{fit.amplification:.3g})"
             figure.add_trace(
                 go.Scatter(
                     x=x,
@@ -64,7 +64,8 @@ def trend_figure(fits: pd.DataFrame, axis: str) -> go.Figure:
     figure.update_layout(
         template=TEMPLATE,
         xaxis_title=f"position ({axis})",
-        yaxis_title="mean score",
+        yaxis_title="mean score (log scale: an exp trend is a line)",
+        yaxis_type="log",
         height=400,
         margin={"l": 60, "r": 20, "t": 20, "b": 50},
     )
