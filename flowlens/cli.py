@@ -152,10 +152,11 @@ def resolve_device(device: str | None) -> str | None:
 
 def _load(args: argparse.Namespace) -> Any:
     import flowlens
+    from flowlens import distributed
 
     return flowlens.load(
         args.model,
-        device=resolve_device(args.device),
+        device=resolve_device(distributed.device(args.device)),
         dtype=args.dtype,
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
@@ -244,6 +245,7 @@ def _exit_code(run: Any) -> int:
 # ------------------------------------------------------------------ commands
 def cmd_analysis(args: argparse.Namespace) -> int:
     """Run one registered analysis over a dataset into a run file and its report."""
+    from flowlens import distributed
     from flowlens.analyses.options import from_args
     from flowlens.analyses.runner import RunControl
     from flowlens.store.run import run_files
@@ -268,16 +270,23 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     lm = _load(args)
     template = _use_dataset_template(lm, samples, args)
     control.dataset = _dataset_config(args, template)
+    main = distributed.world().main  # one voice per launch: rank 0's
     for warning in analysis.check(lm, options, extra):
-        print(f"warning: {warning}", file=sys.stderr)
+        if main:
+            print(f"warning: {warning}", file=sys.stderr)
     for line in analysis.announce(lm, samples, options):
-        print(line, file=sys.stderr)
+        if main:
+            print(line, file=sys.stderr)
     return _finish(analysis, analysis.run(lm, samples, options, control, **extra), args)
 
 
 def _finish(analysis: Any, run: Any, args: argparse.Namespace) -> int:
-    """Print what a run did (text or --json) and return its exit code."""
+    """Print what a run did (text or --json) and return its exit code (other ranks of a launch print nothing)."""
+    from flowlens import distributed
+
     code = _exit_code(run)
+    if not distributed.world().main:
+        return code
     report = run.path.with_suffix(".html")
     if args.json:
         print(

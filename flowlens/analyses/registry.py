@@ -25,6 +25,8 @@ _BUILTIN = (
     "flowlens.analyses.trace_run",
     "flowlens.analyses.knockout_run",
     "flowlens.analyses.pathways",
+    "flowlens.analyses.lens",
+    "probes.analysis",
 )
 _ANALYSES: dict[str, Analysis] = {}
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from flowlens import distributed
 from flowlens.compat import CompatError
 from flowlens.data.sample import Sample
 from flowlens.errors import DiskFullError, FlowlensError, NothingToDoError, SampleError, UsageError
@@ -34,6 +36,7 @@ from flowlens.store.run import Run, open_run
 if TYPE_CHECKING:
     from flowlens.models.base import VideoLM
 
+log = logging.getLogger("flowlens.run")
 ARTIFACTS = Path("artifacts")
 # Dataset settings that make a different set of samples (a resumed run must match them); a different
 # slice, limit or task selection only chooses other samples of the same set, and may be resumed.
@@ -165,40 +168,127 @@ def run_over_samples(
     report: bool = True,
     progress: bool = True,
 ) -> Run:
-    """Call `write_one(writer, sample)` for each sample not yet in `path`; record failures; write the report.
+    """Call `write_one(writer, sample)` for each sample not yet in the run; record failures; write the report.
 
     A sample that cannot be used (missing video, no options, answer not an option, too long) is recorded
     as failed with its reason and the run goes on; so is a dataset line that failed to load
     (`samples.failures`, id `<file>:<line>`). With `resume`, finished samples are skipped. A run with no
     sample at all is a `NothingToDoError`; a `CompatError` (transformers broke a mechanism) or a
-    `DiskFullError` stops it.
+    `DiskFullError` stops it. Under `torchrun` / `accelerate launch` each rank writes its own shard file
+    and rank 0 merges them at the end (`flowlens.distributed`).
     """
+    current = distributed.init()
     load_failures = list(getattr(samples, "failures", []))  # dataset lines that never became samples
     samples = list(samples)
     if not samples and not load_failures:
         raise NothingToDoError("no samples to run: the dataset selection is empty")
-    with RunWriter(path, config, model_info(lm), resume=resume, overwrite=overwrite) as writer:
-        for failure in load_failures:
-            writer.write_failure(
-                f"{Path(failure.source).name}:{failure.line}",
-                failure.reason,
-                {"line": failure.line, "source": str(failure.source)},
-            )
-        done = set(writer.completed_ids())
-        todo = [s for s in samples if str(s.id) not in done]
-        for sample in tqdm(todo, desc=str(config["analysis"]), unit="sample", disable=not progress):
-            try:
-                write_one(writer, sample)
-            except (CompatError, DiskFullError):
-                raise  # a broken mechanism or a full disk: every further sample would fail the same way
-            except (SampleError, FlowlensError) as exc:
-                video = sample.video if isinstance(sample.video, (str, Path)) else None
+    if current.main:
+        _prepare_launch(path, config, lm, resume, overwrite)
+    distributed.barrier(current)
+    stale = distributed.shards(path)  # earlier launches' shards, and this one's after an overwrite: none
+    target = distributed.shard_path(path, current.rank) if current.parallel else path
+    done = _finished_elsewhere(path, target, stale)
+    own_resume = (resume and not current.parallel) or (current.parallel and target.exists())
+    with RunWriter(
+        target, config, model_info(lm), resume=own_resume, overwrite=overwrite and not current.parallel
+    ) as writer:
+        if current.main:
+            for failure in load_failures:
                 writer.write_failure(
-                    str(sample.id), str(exc), {**sample.metadata, "source": video and str(video)}
+                    f"{Path(failure.source).name}:{failure.line}",
+                    failure.reason,
+                    {"line": failure.line, "source": str(failure.source)},
                 )
+        done |= set(writer.completed_ids())
+        todo = [s for s in samples if str(s.id) not in done]
+        mine = todo[current.rank :: current.size]
+        bar = tqdm(
+            total=len(todo),
+            desc=str(config["analysis"]),
+            unit="sample",
+            disable=not (progress and current.main),
+        )
+        try:
+            for n, sample in enumerate(mine):
+                if current.parallel:
+                    distributed.write_status(path, current.rank, working=str(sample.id), done=n)
+                _run_one(writer, sample, write_one)
+                bar.update(_progress(path, current, n + 1) - bar.n)
+        except BaseException:
+            bar.close()  # the error line then starts on a line of its own
+            raise
+        if current.parallel:
+            distributed.write_status(path, current.rank, working=None, done=len(mine), finished=True)
+    distributed.barrier(current)  # every rank done and its shard closed: rank 0 merges
+    bar.update(len(todo) - bar.n)
+    bar.close()
+    if current.main and (current.parallel or stale):
+        merge_shards(path, config, lm)
+    distributed.barrier(current)
     run = open_run(path)
-    if report:
+    if report and current.main:
         from flowlens.report.html import write_report
 
         write_report(run, path.with_suffix(".html"))
     return run
+
+
+def _run_one(writer: RunWriter, sample: Sample, write_one: Callable[[RunWriter, Sample], None]) -> None:
+    """Write one sample, or record why it failed (a broken mechanism or a full disk stops the run)."""
+    try:
+        write_one(writer, sample)
+    except (CompatError, DiskFullError):
+        raise  # a broken mechanism or a full disk: every further sample would fail the same way
+    except (SampleError, FlowlensError) as exc:
+        video = sample.video if isinstance(sample.video, (str, Path)) else None
+        writer.write_failure(str(sample.id), str(exc), {**sample.metadata, "source": video and str(video)})
+
+
+def _prepare_launch(path: Path, config: dict[str, Any], lm: VideoLM, resume: bool, overwrite: bool) -> None:
+    """Rank 0, before any rank writes: clear a run being overwritten, check a resumed one's settings, and
+    say what an earlier launch's ranks were doing when they stopped."""
+    if overwrite:
+        for old in [path, *distributed.shards(path)]:
+            old.unlink(missing_ok=True)
+        distributed.clear_statuses(path)
+        return
+    if resume and path.exists():
+        RunWriter(
+            path, config, model_info(lm), resume=True
+        ).close()  # refuses other settings now, not at the merge
+    for rank, status in distributed.read_statuses(path).items():
+        if status.get("working"):
+            log.warning(
+                "rank %d of an earlier launch stopped while working on sample %r; it is run again",
+                rank,
+                status["working"],
+            )
+
+
+def _finished_elsewhere(path: Path, target: Path, shards: list[Path]) -> set[str]:
+    """Ids complete in the run file and in every shard but this process's own (read without locking)."""
+    done: set[str] = set()
+    for other in [path, *shards]:
+        if other != target and other.exists():
+            with open_run(other) as run:
+                done.update(run.samples)
+    return done
+
+
+def _progress(path: Path, current: distributed.World, own: int) -> int:
+    """Samples finished over all ranks of this launch (rank 0 reads the others' status files)."""
+    if not current.parallel:
+        return own
+    statuses = distributed.read_statuses(path)
+    return own + sum(int(statuses.get(rank, {}).get("done", 0)) for rank in range(1, current.size))
+
+
+def merge_shards(path: Path, config: dict[str, Any], lm: VideoLM) -> None:
+    """Rank 0: copy every shard's finished samples and failures into the run file, then remove the shards."""
+    shards = distributed.shards(path)
+    with RunWriter(path, config, model_info(lm), resume=path.exists()) as writer:
+        for shard in shards:
+            writer.absorb(shard)
+    for shard in shards:
+        shard.unlink(missing_ok=True)
+    distributed.clear_statuses(path)

@@ -115,6 +115,10 @@ class VideoAdapter:
         """The unembedding applied to the language model's final (normed) hidden state."""
         return compat.output_head(self.model)
 
+    def final_norm(self) -> nn.Module:
+        """The norm the decoder applies after its last layer (`language_model().norm` in every family here)."""
+        return self.language_model().norm
+
     # -- inputs ----------------------------------------------------------------
     def placeholder_token_id(self) -> int:
         """Id of the single token the chat template puts where the video goes."""

@@ -68,7 +68,8 @@ def report_context(run: Run) -> dict[str, Any]:
     """Everything the template shows: settings, counts, figures (as script-safe JSON) and answer rows."""
     answers = run.table("answers")
     figures: dict[str, str] = {}
-    show_trace = bool(run.traced) or not run.row_tables  # runs of row tables only skip the flow sections
+    # runs of row tables only, or of run tables only (e.g. probes), skip the flow sections
+    show_trace = bool(run.traced) or not (run.row_tables or run.run_tables)
     frame_mean = mean_frame_flow(run) if show_trace else None
     if frame_mean is not None:
         figures["frame-flow"] = frame_flow_figure(frame_mean).to_json()
@@ -91,7 +92,7 @@ def report_context(run: Run) -> dict[str, Any]:
         "config": [(key, _show(value)) for key, value in sorted(run.config.items())],
         "model_info": [(key, _show(value)) for key, value in sorted(run.model_info.items())],
         "n_samples": len(run.samples),
-        "samples_label": "samples" if run.row_tables else "samples traced",
+        "samples_label": "samples" if (run.row_tables or run.run_tables) else "samples traced",
         "show_trace": show_trace,
         **knockouts,
         "n_failures": len(run.failures),

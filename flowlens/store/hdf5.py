@@ -151,6 +151,19 @@ class RunWriter:
         rows.write_table(tables, table, checked)
         self._flush()
 
+    def write_run_array(self, name: str, data: np.ndarray) -> None:
+        """Store (or replace) an array of the whole run, e.g. fitted lens translators (`run_arrays/<name>`)."""
+        if not isinstance(name, str) or not name or schema.escape_id(name) != name:
+            raise FlowlensError(f"a run array name is letters, digits, '_' and '-', got {name!r}")
+        array = np.ascontiguousarray(np.asarray(data))
+        if array.dtype.kind not in "biuf":
+            raise FlowlensError(f"run array {name!r} must hold numbers, got dtype {array.dtype}")
+        arrays = self._file.require_group(schema.RUN_ARRAYS_GROUP)
+        if name in arrays:
+            del arrays[name]
+        _create(arrays, name, array, tuple(f"axis{i}" for i in range(array.ndim)))
+        self._flush()
+
     def write_failure(self, sample_id: str, reason: str, metadata: Mapping[str, Any] | None = None) -> None:
         """Record that `sample_id` failed and why; completed samples are never touched (retried on resume)."""
         name = schema.escape_id(sample_id)
@@ -175,6 +188,37 @@ class RunWriter:
             failures[name] = group
             self._seq += 1
             self._flush()
+
+    def absorb(self, other: str | os.PathLike[str]) -> tuple[int, int]:
+        """Copy every complete sample and every failure of run file `other` (a rank's shard) that this file
+        does not have as complete; return (samples, failures) copied. Each group is copied under a temporary
+        name, flushed, then renamed: a merge stopped half-way leaves no half-copied sample."""
+        copied = [0, 0]
+        with h5py.File(other, "r", locking=False) as source:
+            for kind, index in ((schema.SAMPLES, 0), (schema.FAILURES, 1)):
+                target = self._file[kind]
+                for name, group in schema.entries(source[kind]).items():
+                    usable = group.attrs.get("complete") if index == 0 else "reason" in group.attrs
+                    if not usable or _complete(self._file[schema.SAMPLES], name):
+                        continue
+                    if index == 1 and name in self._file[schema.FAILURES]:
+                        continue  # already recorded
+                    self._check_room(_group_bytes(group))
+                    temporary = f"{schema.TEMPORARY}{name}"
+                    with self._writing():
+                        if temporary in target:
+                            del target[temporary]
+                        source.copy(group, target, name=temporary)
+                        target[temporary].attrs["seq"] = self._seq
+                        self._flush()
+                        for parent in (self._file[schema.SAMPLES], self._file[schema.FAILURES]):
+                            if name in parent:
+                                del parent[name]
+                        target.move(temporary, name)
+                        self._seq += 1
+                        self._flush()
+                    copied[index] += 1
+        return copied[0], copied[1]
 
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -232,6 +276,9 @@ class RunWriter:
                 f"cannot resume {self.path}: {len(dead)} entries ({', '.join(dead[:3])}) point at data that "
                 "never reached the disk (a write cut short); its finished samples still open: start a new run"
             )
+        for parent in (samples, failures):  # groups a merge was copying in when it stopped
+            for name in [n for n in parent if n.startswith(schema.TEMPORARY)]:
+                del parent[name]
         for name, group in schema.entries(samples).items():
             if not group.attrs.get("complete", False):
                 del samples[name]
@@ -452,6 +499,17 @@ def _checked_arrays(trace: SampleTrace) -> dict[str, np.ndarray]:
         arrays[key] = _cast(trace.sample_id, key, value, schema.RESID_VIDEO_DTYPE, (n_video, d_model))
     arrays[schema.PROBS] = _checked_probs(trace.sample_id, trace.answer)
     return arrays
+
+
+def _group_bytes(group: h5py.Group) -> int:
+    """Stored bytes of every dataset under a group (what copying it writes, about)."""
+    sizes: list[int] = []
+    group.visititems(
+        lambda name, item: (
+            sizes.append(item.id.get_storage_size()) if isinstance(item, h5py.Dataset) else None
+        )
+    )
+    return sum(sizes)
 
 
 def _column_bytes(column: np.ndarray) -> int:

@@ -243,6 +243,19 @@ class Run:
         """Tables stored for the whole run rather than per sample (e.g. `probes`)."""
         return list(self._file.get(schema.RUN_TABLES_GROUP, {}))
 
+    @cached_property
+    def run_arrays(self) -> list[str]:
+        """Arrays stored for the whole run (`RunWriter.write_run_array`, e.g. tuned-lens translators)."""
+        return list(self._file.get(schema.RUN_ARRAYS_GROUP, {}))
+
+    def run_array(self, name: str) -> np.ndarray:
+        """One array of the whole run."""
+        if name not in self.run_arrays:
+            raise FlowlensError(
+                f"{self.path} has no run array {name!r}; arrays: {', '.join(self.run_arrays) or 'none'}"
+            )
+        return self._file[schema.RUN_ARRAYS_GROUP][name][()]
+
     def table(self, name: str) -> pd.DataFrame:
         """A tidy table over the complete samples that have it; see docs/run-file.md for names and columns."""
         from flowlens.store.tables import build_table

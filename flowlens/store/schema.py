@@ -24,6 +24,7 @@ PROBS = "probs"
 LAYOUT = "layout"
 TABLES_GROUP = "tables"  # a rows sample's named tables: tables/<table>/<escaped column>
 RUN_TABLES_GROUP = "run_tables"  # tables of the whole run (root level): run_tables/<table>/<escaped column>
+RUN_ARRAYS_GROUP = "run_arrays"  # arrays of the whole run (root level), e.g. tuned-lens translators
 
 # Tables every run has, tables built from traced samples, and the columns `Run.table` puts before row columns.
 RUN_TABLES = ("answers", "failures")
@@ -103,9 +104,12 @@ def entry(parent: Any, name: str) -> Any | None:
         return None
 
 
+TEMPORARY = "~"  # names of groups being copied in (a merge): never an escaped id, never read as a sample
+
+
 def entries(parent: Any) -> dict[str, Any]:
     """Name -> group of every member of `parent` (`samples` or `failures`) that opens (see `entry`)."""
-    found = {name: entry(parent, name) for name in parent}
+    found = {name: entry(parent, name) for name in parent if not name.startswith(TEMPORARY)}
     return {name: group for name, group in found.items() if group is not None}
 
 

@@ -1,0 +1,129 @@
+"""Data-parallel runs under `torchrun` or `accelerate launch`: which rank this is, its shard of samples, its file.
+
+The launcher does the rendezvous and sets `RANK`, `WORLD_SIZE`, `LOCAL_RANK` (torchrun and accelerate
+both do); flowlens only reads them. Each rank takes every `world`-th sample not finished yet (in any file
+of the run), writes its own shard file `<name>.rank003.h5` (HDF5 has no safe concurrent writer) and a
+small status file saying which sample it works on; when all ranks are done, rank 0 merges the shards
+into the usual `<name>.h5`, so readers, `export` and the report see one run. A killed multi-rank run
+resumes on any number of ranks: finished samples are found in the merged file and in every shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+SHARD = re.compile(r"^(?P<stem>.+)\.rank(?P<rank>\d{3,})\.h5$")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a launch: `rank` of `size` processes, `local_rank` on its machine."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.size > 1
+
+
+def world() -> World:
+    """The launch this process is part of, from the launcher's environment (one process when none)."""
+    try:
+        return World(
+            int(os.environ.get("RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
+    except ValueError:
+        return World()
+
+
+def init(current: World | None = None, timeout_s: float = 3600.0) -> World:
+    """Join the launcher's process group (gloo on CPU, nccl on CUDA) if this is a multi-process launch."""
+    current = current or world()
+    if current.parallel:
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return current
+
+
+def barrier(current: World | None = None) -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    current = current or world()
+    if current.parallel:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def device(requested: str | None, current: World | None = None) -> str | None:
+    """The device a rank loads its model on: `cuda` (or `auto` with CUDA) becomes this rank's own GPU."""
+    current = current or world()
+    if not current.parallel or requested not in ("cuda", "auto"):
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{current.local_rank}"
+    return "cpu" if requested == "auto" else requested
+
+
+def shard_path(path: Path, rank: int) -> Path:
+    """Rank `rank`'s shard file of run file `path` (`trace.h5` -> `trace.rank003.h5`)."""
+    return path.with_name(f"{path.stem}.rank{rank:03d}.h5")
+
+
+def shards(path: Path) -> list[Path]:
+    """Every shard file of run file `path` in its folder, whatever world size wrote it."""
+    found = []
+    for candidate in sorted(path.parent.glob(f"{path.stem}.rank*.h5")):
+        match = SHARD.match(candidate.name)
+        if match and match["stem"] == path.stem:
+            found.append(candidate)
+    return found
+
+
+def status_path(path: Path, rank: int) -> Path:
+    return path.with_name(f"{path.stem}.rank{rank:03d}.status.json")
+
+
+def write_status(path: Path, rank: int, **state: Any) -> None:
+    """Record what rank `rank` is doing (the sample it works on, how many it finished) for the others to read."""
+    target = status_path(path, rank)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(json.dumps(state))
+    partial.replace(target)
+
+
+def read_statuses(path: Path) -> dict[int, dict[str, Any]]:
+    """Every rank's last status for run file `path` (ranks of earlier launches included)."""
+    out = {}
+    for candidate in path.parent.glob(f"{path.stem}.rank*.status.json"):
+        match = re.match(rf"^{re.escape(path.stem)}\.rank(\d+)\.status\.json$", candidate.name)
+        if match:
+            try:
+                out[int(match[1])] = json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                continue
+    return dict(sorted(out.items()))
+
+
+def clear_statuses(path: Path) -> None:
+    for candidate in path.parent.glob(f"{path.stem}.rank*.status.json"):
+        candidate.unlink(missing_ok=True)
