@@ -197,6 +197,15 @@ def recorded_position_ids(call: dict[str, Any], seq_len: int, device: torch.devi
     return ids
 
 
+def uses_mrope(text_config: Any) -> bool:
+    """Whether a language model's config selects multi-axis rotary positions (an `mrope_section` in its rope settings)."""
+    for name in ("rope_parameters", "rope_scaling"):
+        settings = getattr(text_config, name, None)
+        if isinstance(settings, dict) and "mrope_section" in settings:
+            return True
+    return False
+
+
 def is_mrope(position_ids: torch.Tensor) -> bool:
     """Whether recorded position ids are multi-axis rotary ids (Qwen2-VL/2.5-VL/3-VL: (3|4, 1, T))."""
     return position_ids.dim() == 3

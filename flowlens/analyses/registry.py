@@ -27,6 +27,7 @@ _BUILTIN = (
     "flowlens.analyses.pathways",
     "flowlens.analyses.lens",
     "probes.analysis",
+    "flowlens.analyses.prune",
 )
 _ANALYSES: dict[str, Analysis] = {}
 
