@@ -299,3 +299,22 @@ def test_cli_prune_with_a_spec_file(tmp_path):
     assert code == 0
     run = flowlens.open_run(out / "prune.h5")
     assert run.config["settings"]["spec"] == PruneSpec.from_dict(spec).to_dict()
+
+
+@needs_toy
+def test_scores_from_a_stored_trace_equal_the_in_memory_trace(tmp_path, toy_sample):
+    lm, inputs, layout, context, _ = toy_sample
+    sample = flowlens.data.load("synthetic", split="test", limit=1)
+    run = lm.trace(
+        sample,
+        out=tmp_path,
+        activations=["blocks.0.hook_resid_pre@video_features"],
+        activations_dtype="float32",
+        progress=False,
+        report=False,
+    )
+    stored = ScoreContext(run, run.samples[0])
+    for name, params in [("attn_last", {"layer": 1}), ("attn_question", {"layer": 2}), ("divprune", {})]:
+        np.testing.assert_allclose(score(name, stored, **params), score(name, context, **params), atol=1e-6)
+    with pytest.raises(FlowlensError, match="received-attention option"):
+        score("attn_received", stored, queries="all")
