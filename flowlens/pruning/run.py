@@ -85,6 +85,7 @@ def keep_sets(
                     c
                     for c in conditions
                     if c.role == METHOD
+                    and c.policy == "threshold"
                     and c.curve == condition.match
                     and (c.budget, c.layer, c.mode, c.position_ids)
                     == (budget, condition.layer, condition.mode, condition.position_ids)

@@ -409,6 +409,8 @@ class PruneSpec:
         warnings = []
         for scorer in self.scorers:
             layer = dict(scorer.params).get("layer", SCORERS[scorer.name].parameters().get("layer"))
+            if isinstance(layer, int) and layer < 0:
+                layer += n_layers  # -1: the last layer
             late = [k for k in self.layers if isinstance(layer, int) and layer >= k]
             if late:
                 warnings.append(
