@@ -12,6 +12,7 @@ import torch
 from benchmarks.activations_speed import bench_activations
 from benchmarks.knockout_speed import bench_canary_cost, bench_knockout_speed
 from benchmarks.lens_speed import bench_lens_speed
+from benchmarks.prune_speed import bench_prune_drop, bench_prune_sweep
 from benchmarks.trace_speed import bench_trace_speed
 
 RESULTS = Path(__file__).parent / "results"
@@ -71,6 +72,11 @@ def main() -> None:
             "cross_frame_and_vql_to_ql_32_layers": bench_canary_cost(repeats=1),
         },
         "lens_speed.json": {"meta": meta, "lens_run_dir_64_toy_samples": bench_lens_speed()},
+        "prune_speed.json": {
+            "meta": meta,
+            "mask_sweep_6_scorers_4_budgets_32_toy_samples": bench_prune_sweep(),
+            "drop_fastv_25_percent_4k_tokens": bench_prune_drop(),
+        },
     }
     for name, result in results.items():
         path = RESULTS / name

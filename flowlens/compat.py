@@ -175,3 +175,75 @@ def decoder_layers_from(language_model: nn.Module, start: int) -> Iterator[None]
         language_model.layers = layers
         if layer_types is not None:
             config.layer_types = layer_types
+
+
+# ---------------------------------------------------------------- shortening the sequence (drop-mode pruning)
+def final_norm(language_model: nn.Module) -> nn.Module:
+    """The decoder's final norm: its input is the residual stream after the last layer (and any DeepStack add)."""
+    norm = getattr(language_model, "norm", None)
+    if not isinstance(norm, nn.Module):
+        raise CompatError("final norm", f"{type(language_model).__name__} has no module `norm`")
+    return norm
+
+
+def recorded_position_ids(call: dict[str, Any], seq_len: int, device: torch.device) -> torch.Tensor:
+    """The position ids a recorded batch-1 call runs with: its own ((3|4, 1, T) M-RoPE or (1, T)), else 0..T-1.
+
+    A decoder called without `position_ids` numbers positions 0..T-1 (from `cache_position`).
+    """
+    ids = call.get("position_ids")
+    if ids is None:
+        return torch.arange(seq_len, device=device)[None]
+    return ids
+
+
+def uses_mrope(text_config: Any) -> bool:
+    """Whether a language model's config selects multi-axis rotary positions (an `mrope_section` in its rope settings)."""
+    for name in ("rope_parameters", "rope_scaling"):
+        settings = getattr(text_config, name, None)
+        if isinstance(settings, dict) and "mrope_section" in settings:
+            return True
+    return False
+
+
+def is_mrope(position_ids: torch.Tensor) -> bool:
+    """Whether recorded position ids are multi-axis rotary ids (Qwen2-VL/2.5-VL/3-VL: (3|4, 1, T))."""
+    return position_ids.dim() == 3
+
+
+def position_ids_at(position_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Recorded batch-1 position ids ((1, T) or (3|4, 1, T)) at positions `keep` (B, n): (B, n) or (3|4, B, n)."""
+    if is_mrope(position_ids):
+        return position_ids[:, 0][:, keep]
+    return position_ids[0][keep]
+
+
+def shortened_call(
+    call: dict[str, Any], keep: torch.Tensor, position_ids: torch.Tensor, start: int = 0
+) -> dict[str, Any]:
+    """A recorded batch-1 language-model call for a batch of shorter sequences: row b holds positions keep[b].
+
+    `keep` (B, n) sorted positions of the recorded sequence; `position_ids` the ids those rows run with
+    ((B, n), or (3|4, B, n) for M-RoPE). The attention mask is the recorded one at the kept positions and
+    is always passed: with no mask and no cache, transformers reads position ids that skip values (the
+    dropped tokens) as packed sequences and blocks attention between them. Qwen3-VL's DeepStack inputs
+    keep the visual positions that remain, for layers >= `start` (the replay's first layer).
+    """
+    batch, n = keep.shape
+    out = {key: value for key, value in call.items() if key not in ("position_ids", "attention_mask")}
+    mask = call.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        mask = torch.ones(1, int(keep.max()) + 1, dtype=torch.long, device=keep.device)
+    out["attention_mask"] = mask[0][keep]
+    out["position_ids"] = position_ids
+    if call.get("deepstack_visual_embeds") is not None:
+        visual = call["visual_pos_masks"][0]  # (T,) bool
+        rank = visual.long().cumsum(0) - 1  # row of each visual position in the DeepStack features
+        kept_visual = visual[keep]  # (B, n)
+        rows = rank[keep][kept_visual]  # flattened row-major, as the decoder indexes hidden[mask]
+        embeds = [x[rows] for x in call["deepstack_visual_embeds"]][start:]
+        if not embeds or not bool(kept_visual.any()):
+            out["deepstack_visual_embeds"], out["visual_pos_masks"] = None, None
+        else:
+            out["deepstack_visual_embeds"], out["visual_pos_masks"] = embeds, kept_visual
+    return out

@@ -28,6 +28,7 @@ _BUILTIN = (
     "flowlens.analyses.lens",
     "flowlens.analyses.debias",
     "probes.analysis",
+    "flowlens.analyses.prune",
 )
 _ANALYSES: dict[str, Analysis] = {}
 

@@ -63,7 +63,8 @@ class KeyValueRecorder:
 
 
 class CleanRun:
-    """One clean forward: final logits at `last`, the language model's call, every layer's input, keys and values."""
+    """One clean forward: final logits at `last`, the language model's call, every layer's input (and the final
+    norm's), keys and values."""
 
     def __init__(self, lm: VideoLM, inputs: Any, layout: TokenLayout, canary: bool = True):
         self.lm = lm
@@ -78,6 +79,9 @@ class CleanRun:
         recorder = KeyValueRecorder(len(layers))
         handles = [self.language_model.register_forward_pre_hook(self._record_call, with_kwargs=True)]
         handles.append(self.language_model.register_forward_hook(self._record_output))
+        handles.append(
+            compat.final_norm(self.language_model).register_forward_pre_hook(self._record_norm_input)
+        )
         handles += [
             layer.register_forward_pre_hook(self._record_layer(i), with_kwargs=True)
             for i, layer in enumerate(layers)
@@ -102,6 +106,13 @@ class CleanRun:
 
     def _record_output(self, module: nn.Module, args: tuple, output: Any) -> None:
         self.final_hidden = output.last_hidden_state.detach()
+
+    def _record_norm_input(self, module: nn.Module, args: tuple) -> None:
+        self.norm_input = args[0].detach()
+
+    def residual_input(self, layer: int) -> torch.Tensor:
+        """The residual stream entering layer `layer` (1, T, D); `layer` = L gives the final norm's input."""
+        return self.norm_input if layer == self.n_layers else self.layer_inputs[layer]
 
     def _record_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if args:

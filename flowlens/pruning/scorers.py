@@ -27,39 +27,94 @@ if TYPE_CHECKING:
     from flowlens.store.run import Run
 
 # What each stored quantity is and how a trace stores it (the hint a missing-data error gives).
+EMBEDDINGS = ("blocks.0.hook_resid_pre", "video_features")  # the LLM-input embeddings of the video tokens
 STORED = {
     "last_to_video": "every trace (the `last` row over video tokens, per layer and head)",
     "question_to_video": "every trace (question rows over video tokens, head mean)",
+    "embeddings": "a trace with `--activations 'blocks.0.hook_resid_pre@video_features'` (the LLM-input "
+    "embeddings of the video tokens; `flowlens prune` stores them itself when a scorer needs them)",
+    "received_all": "(L, V) attention each video token receives, summed over all queries, head mean: the "
+    "trace's received-attention option; `flowlens prune` computes it in one extra forward when missing",
+    "received_text": "(L, V) the same summed over the text queries (every position outside the video span): "
+    "the trace's received-attention option; `flowlens prune` computes it in one extra forward when missing",
+    "rollout": "(L, V) attention rollout of the `last` row through layers 0..l (computed by `flowlens prune` "
+    "in one extra forward; traces do not store it)",
+    "value_norm": "(L, V) or (L, H, V) L1 norms of the video tokens' value vectors: the trace's value-norm "
+    "option (not stored by a plain trace)",
 }
 
 
 @dataclass
 class ScoreContext:
-    """One traced sample of a run, as scorers see it: its layout and lazy access to stored arrays."""
+    """One traced sample as scorers see it: its layout and lazy access to its stored arrays, from a run
+    file (`run`), an in-memory trace (`trace`, a `SampleTrace`) and/or arrays given directly (`arrays`)."""
 
-    run: Run
+    run: Run | None
     sample: str
     cache: dict[str, Any] = field(default_factory=dict)
+    trace: Any = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @cached_property
     def layout(self) -> TokenLayout:
+        if self.trace is not None:
+            return self.trace.layout
+        if self.run is None:
+            raise FlowlensError("a ScoreContext needs a run or a trace")
         return self.run.layout(self.sample)
 
     @property
     def n_video(self) -> int:
         return self.layout.n_video
 
+    def has(self, name: str) -> bool:
+        """Whether the sample holds stored quantity `name` (without reading it)."""
+        try:
+            self.array(name)
+        except FlowlensError:
+            return False
+        return True
+
     def array(self, name: str) -> np.ndarray:
-        """A stored per-sample array (`last_to_video`, ...), read once."""
+        """A stored per-sample array (`last_to_video`, ...), read once; a FlowlensError naming how a trace
+        stores it when the sample lacks it."""
+        if name in self.arrays:
+            return self.arrays[name]
         if name not in self.cache:
-            self.cache[name] = self.run.array(self.sample, name)
+            value = getattr(self.trace, name, None) if self.trace is not None else None
+            if value is None and self.run is not None:
+                try:
+                    value = self.run.array(self.sample, name)
+                except (KeyError, FlowlensError):
+                    value = None
+            if value is None:
+                raise FlowlensError(
+                    f"sample {self.sample!r} has no stored {name!r}; it comes from "
+                    f"{STORED.get(name, 'a trace option that stores it')}"
+                )
+            self.cache[name] = np.asarray(value)
         return self.cache[name]
 
     def activations(self, hook: str, group: str) -> np.ndarray:
-        """This sample's stored rows of `hook` at `group` (see `flowlens.hooks`)."""
+        """This sample's stored rows of `hook` at `group` (see `flowlens.hooks`), float32."""
         key = f"{hook}@{group}"
+        if key in self.arrays:
+            return self.arrays[key]
         if key not in self.cache:
-            self.cache[key] = self.run.activations(hook, group, samples=[self.sample]).values
+            value = None
+            if self.trace is not None:
+                value = (self.trace.activations or {}).get(hook, {}).get(group)
+            if (
+                value is None
+                and self.run is not None
+                and (hook, group) in self.run.activation_names(self.sample)
+            ):
+                value = self.run.activations(hook, group, samples=[self.sample]).values
+            if value is None:
+                raise FlowlensError(
+                    f"sample {self.sample!r} has no stored activations {key}; trace with `--activations '{key}'`"
+                )
+            self.cache[key] = np.asarray(value, dtype=np.float32)
         return self.cache[key]
 
 
@@ -146,3 +201,121 @@ def uniform_grid(context: ScoreContext, stride: int = 2) -> np.ndarray:
             rank[members] = np.arange(members.size)
     n_frames = max(1, int(cells[:, 0].max()) + 1)
     return on_grid * 2.0 * context.n_video * n_frames - (rank * n_frames + cells[:, 0])
+
+
+QUERY_SETS = ("all", "text", "question")
+
+
+def query_positions(layout: TokenLayout, queries: str) -> np.ndarray:
+    """Positions of a query set: `all` (every position), `text` (every position outside the video span),
+    `question` (the question tokens)."""
+    if queries == "all":
+        return np.arange(layout.seq_len)
+    if queries == "text":
+        return np.setdiff1d(np.arange(layout.seq_len), layout["video"])
+    if queries == "question":
+        return np.asarray(layout["question"])
+    raise FlowlensError(f"attn_received: queries is one of {', '.join(QUERY_SETS)}, got {queries!r}")
+
+
+def visible_queries(layout: TokenLayout, queries: str) -> np.ndarray:
+    """(V,) how many queries of the set can attend each video token under causal masking (q >= j)."""
+    positions = np.sort(query_positions(layout, queries))
+    video = np.asarray(layout["video_features"])
+    return positions.size - np.searchsorted(positions, video, side="left")
+
+
+@register_scorer("attn_received", needs=("question_to_video", "received_all", "received_text"))
+def attn_received(
+    context: ScoreContext, layer: int = 1, queries: str = "question", normalise: bool = False
+) -> np.ndarray:
+    """Attention each video token receives from a query set at `layer` (head mean): the mean over the set's
+    queries, or with `normalise` the sum divided by the number of them that can see the token (FastV's
+    attention efficiency)."""
+    layout = context.layout
+    layer = _layer(context, layer)
+    if queries == "question":
+        total = context.array("question_to_video")[layer].sum(axis=0)
+    elif queries in ("all", "text"):
+        total = context.array(f"received_{queries}")[layer]
+    else:
+        query_positions(layout, queries)  # raises
+    if normalise:
+        return total / np.maximum(visible_queries(layout, queries), 1)
+    return total / max(1, query_positions(layout, queries).size)
+
+
+@register_scorer("rollout", needs=("rollout",))
+def rollout(context: ScoreContext, layer: int = -1) -> np.ndarray:
+    """Attention rollout of the `last` row (Abnar & Zuidema): the video columns of the product of
+    0.5·Ā + 0.5·I (head mean) over layers 0..`layer` (-1: every layer)."""
+    values = context.array("rollout")
+    return values[_layer(context, layer % context.layout.n_layers)]
+
+
+@register_scorer("value_norm", needs=("value_norm",))
+def value_norm(context: ScoreContext, layer: int = 1) -> np.ndarray:
+    """L1 norm of each video token's value vector at `layer`, head mean (FlowCut's information density)."""
+    values = context.array("value_norm")[_layer(context, layer)]
+    return values.mean(axis=0) if values.ndim == 2 else values
+
+
+def embeddings(context: ScoreContext) -> np.ndarray:
+    """(V, D) float64 LLM-input embeddings of the video feature tokens."""
+    return context.activations(*EMBEDDINGS).astype(np.float64)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@register_scorer("temporal_novelty", needs=("embeddings",))
+def temporal_novelty(context: ScoreContext, mode: str = "feature") -> np.ndarray:
+    """DTD: 1 - cosine between a token's LLM-input embedding and the same (row, col) cell of the previous
+    frame; tokens of the first frame (and cells with no predecessor) score 2, the maximum, so are kept."""
+    if mode != "feature":
+        raise FlowlensError(
+            f"temporal_novelty mode {mode!r}: traces store no patch pixels, so only mode 'feature' (LLM-input "
+            "embeddings) is available"
+        )
+    x = _unit(embeddings(context))
+    cells = context.layout.video_cells
+    index = {(int(f), int(r), int(c)): i for i, (f, r, c) in enumerate(cells)}
+    out = np.full(len(cells), 2.0)
+    for i, (f, r, c) in enumerate(cells):
+        previous = index.get((int(f) - 1, int(r), int(c)))
+        if r >= 0 and previous is not None:
+            out[i] = 1.0 - float(x[i] @ x[previous])
+    return out
+
+
+def maxmin_order(features: np.ndarray) -> np.ndarray:
+    """DivPrune's greedy max-min order over cosine distance: first the token farthest from its nearest
+    neighbour, then repeatedly the token whose minimum distance to those chosen is largest (ties: earlier)."""
+    x = _unit(np.asarray(features, dtype=np.float64))
+    n = x.shape[0]
+    distance = 1.0 - x @ x.T
+    np.fill_diagonal(distance, np.inf)
+    nearest = distance.min(axis=1) if n > 1 else np.zeros(n)
+    order = [int(np.argmax(nearest))]
+    np.fill_diagonal(distance, 0.0)
+    closest = distance[order[0]].copy()
+    chosen = np.zeros(n, dtype=bool)
+    chosen[order[0]] = True
+    for _ in range(n - 1):
+        candidate = np.where(chosen, -np.inf, closest)
+        pick = int(np.argmax(candidate))
+        order.append(pick)
+        chosen[pick] = True
+        closest = np.minimum(closest, distance[pick])
+    return np.asarray(order)
+
+
+@register_scorer("divprune", needs=("embeddings",))
+def divprune(context: ScoreContext) -> np.ndarray:
+    """DivPrune: scores from the greedy max-min diversity order of the LLM-input embeddings (cosine), so the
+    top k are exactly DivPrune's k picks."""
+    order = maxmin_order(embeddings(context))
+    out = np.empty(order.size)
+    out[order] = np.arange(order.size, 0, -1, dtype=np.float64)
+    return out

@@ -1,0 +1,269 @@
+"""Re-running a sample with video tokens pruned from layer K on, in two modes, both started from a `CleanRun`.
+
+**Mask mode.** Pruning token j from layer K on = blocking every attention edge into j in layers >= K: no
+query q != j may attend key j. j's own row keeps its causal keys minus the other pruned tokens (and
+always itself); what it computes is never read again, because every edge out of it is blocked, so the
+choice cannot change any other position. A pruned set is therefore a `CompiledKnockout` with an explicit
+allowed matrix over layers K..L-1, run by the knockout engine: resumed at layer K and at the first row the
+mask changes (the row after the first pruned token), reusing the clean keys and values before it, many
+keep-sets per batch. The sequence keeps its length and every position keeps its position id.
+
+**Drop mode.** The pruned tokens leave the sequence: the language model is re-entered at layer K with
+only the kept positions' residual stream (the clean run's input to layer K), so the hidden states and
+keys/values of layers >= K are shorter. Position ids: `original` (each kept token keeps its id, as
+FastV's inplace mode and DTD) or `reindex` (the kept tokens are numbered 0..n-1, 1-D rotary models only).
+Keep-sets with the same K and length run as one batch. K = L re-enters after the last layer (only the
+final norm and head run).
+
+The two modes compute the same function where drop mode keeps the original position ids (see
+docs/pruning.md for where they differ).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from flowlens import compat
+from flowlens.engine.backend import language_attention
+from flowlens.engine.head import head_logits_fp32
+from flowlens.engine.masks import CompiledKnockout
+from flowlens.errors import FlowlensError
+
+if TYPE_CHECKING:
+    from flowlens.engine.resume import CleanRun
+    from flowlens.models.base import VideoLM
+
+# A keep-set re-run: (layer K, sorted positions pruned from K on); drop mode adds the position-id policy.
+MaskItem = tuple[int, tuple[int, ...]]
+DropItem = tuple[int, tuple[int, ...], str]
+
+
+def pruned_allowed(seq_len: int, pruned: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """(T, T) allowed pattern: causal, no query may attend a pruned key except the pruned token itself."""
+    allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril_()
+    index = torch.as_tensor(list(pruned), dtype=torch.long, device=device)
+    if index.numel():
+        allowed[:, index] = False
+        allowed[index, index] = True
+    return allowed
+
+
+def prune_knockout(
+    seq_len: int, pruned: Sequence[int], layer: int, n_layers: int, device: torch.device | str = "cpu"
+) -> CompiledKnockout | None:
+    """The knockout that prunes `pruned` from `layer` on; None when it changes nothing (the clean run)."""
+    if not len(pruned) or layer >= n_layers:
+        return None
+    allowed = pruned_allowed(seq_len, pruned, device)
+    return CompiledKnockout(allowed, frozenset(range(layer, n_layers)), None, f"prune@{layer}")
+
+
+def run_mask(clean: CleanRun, items: Sequence[MaskItem], batch_size: int = 32) -> list[torch.Tensor]:
+    """Logits at `last` (vocab,) of each keep-set in mask mode; identical keep-sets run once.
+
+    A keep-set that prunes nothing (or prunes after the last layer) is the clean run and is not re-run.
+    The others are sorted by (K, first changed row) and batched; a batch starts at its smallest K and
+    first changed row (a row whose K is later runs clean layers until then), with one clean canary row.
+    """
+    distinct = list(dict.fromkeys((int(k), tuple(int(p) for p in pruned)) for k, pruned in items))
+    t, device = clean.layout.seq_len, clean.logits.device
+    results: dict[MaskItem, torch.Tensor] = {}
+    compiled: dict[MaskItem, CompiledKnockout] = {}
+    for item in distinct:
+        knockout = prune_knockout(t, item[1], item[0], clean.n_layers, device)
+        if knockout is None:
+            results[item] = clean.logits.clone()
+        else:
+            compiled[item] = knockout
+    order = sorted(compiled, key=lambda i: (i[0], compiled[i].first_changed_position))
+    for offset in range(0, len(order), batch_size):
+        chunk = order[offset : offset + batch_size]
+        start = min(item[0] for item in chunk)
+        position = min(compiled[item].first_changed_position for item in chunk)
+        logits = clean.run_from(start, [compiled[item] for item in chunk], position)
+        for item, row in zip(chunk, logits, strict=True):
+            results[item] = row
+    return [results[(int(k), tuple(int(p) for p in pruned))] for k, pruned in items]
+
+
+def kept_positions(seq_len: int, pruned: Sequence[int]) -> np.ndarray:
+    """Sorted positions that remain when `pruned` leave a sequence of `seq_len`."""
+    keep = np.ones(seq_len, dtype=bool)
+    keep[np.asarray(list(pruned), dtype=np.int64)] = False
+    return np.flatnonzero(keep)
+
+
+def drop_position_ids(
+    clean_call: dict[str, Any], keep: torch.Tensor, seq_len: int, policy: str
+) -> torch.Tensor:
+    """Position ids of the kept rows `keep` (B, n): their recorded ids (`original`) or 0..n-1 (`reindex`)."""
+    ids = compat.recorded_position_ids(clean_call, seq_len, keep.device)
+    if policy == "original":
+        return compat.position_ids_at(ids, keep)
+    if policy != "reindex":
+        raise FlowlensError(f"position_ids must be original or reindex, got {policy!r}")
+    if compat.is_mrope(ids):
+        raise FlowlensError(
+            "position_ids: reindex renumbers 1-D rotary positions; this model's positions are multi-axis "
+            "(M-RoPE): use original"
+        )
+    return torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
+
+
+@torch.no_grad()
+def drop_forward(clean: CleanRun, layer: int, keep: torch.Tensor, policy: str) -> torch.Tensor:
+    """Logits at `last` (B, vocab) re-entering the decoder at `layer` with only the positions `keep` (B, n)."""
+    t = clean.layout.seq_len
+    keep = keep.to(clean.logits.device)
+    if not bool((keep[:, -1] == t - 1).all()):
+        raise FlowlensError("drop mode must keep the last position (it predicts the answer)")
+    kwargs = compat.shortened_call(clean.call, keep, drop_position_ids(clean.call, keep, t, policy), layer)
+    kwargs["inputs_embeds"] = clean.residual_input(layer)[0][keep]
+    kwargs["use_cache"] = False
+    language = clean.language_model
+    with language_attention(clean.lm.model), compat.decoder_layers_from(language, layer):
+        hidden = language(**kwargs).last_hidden_state
+    return head_logits_fp32(clean.lm.adapter.output_head(), hidden[:, -1])
+
+
+def run_drop(clean: CleanRun, items: Sequence[DropItem], batch_size: int = 32) -> list[torch.Tensor]:
+    """Logits at `last` of each keep-set in drop mode, batched by (K, kept length, position-id policy)."""
+    t = clean.layout.seq_len
+    distinct = list(
+        dict.fromkeys((int(k), tuple(int(p) for p in pruned), str(pol)) for k, pruned, pol in items)
+    )
+    groups: dict[tuple[int, int, str], list[DropItem]] = defaultdict(list)
+    for item in distinct:
+        groups[(item[0], t - len(item[1]), item[2])].append(item)
+    results: dict[DropItem, torch.Tensor] = {}
+    for (layer, _, policy), members in sorted(groups.items()):
+        for offset in range(0, len(members), batch_size):
+            chunk = members[offset : offset + batch_size]
+            keep = torch.as_tensor(np.stack([kept_positions(t, item[1]) for item in chunk]), dtype=torch.long)
+            for item, row in zip(chunk, drop_forward(clean, layer, keep, policy), strict=True):
+                results[item] = row
+    return [results[(int(k), tuple(int(p) for p in pruned), str(pol))] for k, pruned, pol in items]
+
+
+# ------------------------------------------------------------------ measured prefill (wall time, peak memory)
+class _Stop(Exception):
+    """Raised by a hook to end a forward once the residual stream entering layer K is recorded."""
+
+
+@contextlib.contextmanager
+def _peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
+    """Peak memory above the start of the block: CUDA allocator peak, or sampled resident set size on CPU."""
+    out: dict[str, float] = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        yield out
+        torch.cuda.synchronize(device)
+        out["peak_bytes"] = float(torch.cuda.max_memory_allocated(device) - base)
+        return
+    import resource
+
+    page = resource.getpagesize()
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    base, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            done.wait(0.0005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        done.set()
+        thread.join()
+        out["peak_bytes"] = float(max(0, max(peak[0], rss()) - base))
+
+
+def _timed(function: Callable[[], Any], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median wall time over `repeats` (after one warm-up) and the peak memory of one more call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    with _peak_memory(device) as memory:
+        function()
+    return {"seconds": float(np.median(times)), "peak_bytes": memory["peak_bytes"]}
+
+
+@torch.no_grad()
+def pruned_prefill(lm: VideoLM, inputs: Any, layer: int, pruned: Sequence[int], policy: str) -> torch.Tensor:
+    """One real pruned prefill from the model inputs: vision tower and layers < K on every token, then the
+    layers >= K on the kept tokens only; logits at `last` (1, vocab) from the model's own head and dtype."""
+    language = lm.adapter.language_model()
+    layers = lm.adapter.language_layers()
+    grab: dict[str, Any] = {}
+
+    def record_call(module: Any, args: tuple, kwargs: dict) -> None:
+        grab["call"] = compat.replayable_call(kwargs)
+
+    def stop(module: Any, args: tuple, kwargs: dict | None = None) -> None:
+        grab["hidden"] = (args[0] if args else kwargs["hidden_states"]).detach()
+        raise _Stop
+
+    entry = compat.final_norm(language) if layer >= len(layers) else layers[layer]
+    handles = [language.register_forward_pre_hook(record_call, with_kwargs=True)]
+    handles.append(entry.register_forward_pre_hook(stop, with_kwargs=True))
+    try:
+        lm.model(**inputs, use_cache=False, logits_to_keep=1)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    hidden, call = grab["hidden"], grab["call"]
+    t = hidden.shape[1]
+    keep = torch.as_tensor(kept_positions(t, pruned), dtype=torch.long, device=hidden.device)[None]
+    kwargs = compat.shortened_call(call, keep, drop_position_ids(call, keep, t, policy), layer)
+    kwargs["inputs_embeds"] = hidden[0][keep]
+    kwargs["use_cache"] = False
+    with compat.decoder_layers_from(language, layer):
+        out = language(**kwargs).last_hidden_state
+    return lm.adapter.output_head()(out[:, -1])
+
+
+def measure_prefill(
+    lm: VideoLM, inputs: Any, layer: int, pruned: Sequence[int], policy: str = "original", repeats: int = 3
+) -> dict[str, float]:
+    """Wall time (median of `repeats`, after a warm-up) and peak memory of the pruned prefill and the unpruned
+    one, batch 1, no KV cache kept: `prefill_s`, `prefill_s_unpruned`, `peak_bytes`, `peak_bytes_unpruned`."""
+    device = lm.device
+
+    def unpruned() -> Any:
+        with torch.no_grad():
+            return lm.model(**inputs, use_cache=False, logits_to_keep=1)
+
+    pruned_run = _timed(lambda: pruned_prefill(lm, inputs, layer, pruned, policy), device, repeats)
+    plain = _timed(unpruned, device, repeats)
+    return {
+        "prefill_s": pruned_run["seconds"],
+        "prefill_s_unpruned": plain["seconds"],
+        "peak_bytes": pruned_run["peak_bytes"],
+        "peak_bytes_unpruned": plain["peak_bytes"],
+    }
