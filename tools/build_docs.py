@@ -1,0 +1,85 @@
+"""Build the docs site: stage docs/ with the notebooks (executed with nbclient unless --no-execute), then
+`mkdocs build --strict`. `make docs` runs it; tests/test_docs_site.py runs it with --no-execute.
+
+    python tools/build_docs.py [--site-dir site] [--no-execute]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stage_notebooks(dest: Path, execute: bool) -> list[Path]:
+    """Copy notebooks/*.ipynb into `dest`, executed in a fresh kernel (cwd: a temporary folder) when asked."""
+    import nbformat
+
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        if execute:
+            from nbclient import NotebookClient
+
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory() as work:
+                NotebookClient(
+                    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": work}}
+                ).execute()
+            print(f"executed {path.name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        nbformat.write(nb, dest / path.name)
+        written.append(dest / path.name)
+    return written
+
+
+def build(site_dir: Path, execute: bool = True) -> Path:
+    """Stage docs/ and the notebooks in a temporary folder and build the site strictly into `site_dir`."""
+    from mkdocs.commands.build import build as mkdocs_build
+    from mkdocs.config import load_config
+
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    with tempfile.TemporaryDirectory() as stage:
+        docs = Path(stage) / "docs"
+        shutil.copytree(ROOT / "docs", docs)
+        stage_notebooks(docs / "notebooks", execute)
+        config = load_config(
+            str(ROOT / "mkdocs.yml"), docs_dir=str(docs), site_dir=str(site_dir.resolve()), strict=True
+        )
+        mkdocs_build(config)
+    return site_dir
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--site-dir", default=str(ROOT / "site"), help="where the site goes (default: site/)")
+    parser.add_argument(
+        "--no-execute", action="store_true", help="render the notebooks as stored (no outputs)"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mkdocs").setLevel(logging.INFO)
+    started = time.perf_counter()
+    from mkdocs.exceptions import MkDocsException
+
+    try:
+        site = build(Path(args.site_dir), execute=not args.no_execute)
+    except MkDocsException as exc:  # strict mode: the warnings above turned into an error
+        print(f"docs build failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"docs site in {site}/ ({time.perf_counter() - started:.0f} s); open {site}/index.html",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
