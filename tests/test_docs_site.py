@@ -81,3 +81,20 @@ def test_docs_site_builds_strict(tmp_path):
     api = (site / "api" / "index.html").read_text()
     assert "prepare" in api and "open_run" in api  # docstrings rendered, not just headings
     print(f"docs site built in {time.perf_counter() - started:.0f} s")
+
+
+def test_notebook_figures_get_html_that_draws_them():
+    nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install -e '.[docs]')")
+    import plotly.graph_objects as go
+
+    spec = importlib.util.spec_from_file_location("build_docs", ROOT / "tools" / "build_docs.py")
+    build_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_docs)
+    figure = go.Figure(go.Scatter(x=[1, 2], y=[3, 4], name="</script><b>x</b>")).update_layout(height=300)
+    cell = nbformat.v4.new_code_cell("figure")
+    cell.outputs = [nbformat.v4.new_output("display_data", {build_docs.PLOTLY_MIME: figure.to_plotly_json()})]
+    nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("text")])
+    assert build_docs.plotly_html(nb) == 1
+    html = cell.outputs[0]["data"]["text/html"]
+    assert "Plotly.newPlot(" in html and "height:300px" in html
+    assert "</script><b>" not in html and html.count("</script>") == 1  # a trace name cannot end the script

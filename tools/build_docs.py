@@ -7,15 +7,45 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+PLOTLY_JS = "js/plotly.min.js"  # one copy for the whole site (mkdocs.yml extra_javascript)
+
+
+def plotly_html(nb: Any) -> int:
+    """Give every plotly output an HTML rendering that draws it with the site's plotly.js; return how many.
+
+    A kernel's plotly figures carry only their JSON mimetype, which nbconvert's HTML does not draw. The page
+    loads plotly.js once at the end of the body, so each figure is drawn on DOMContentLoaded.
+    """
+    count = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            spec = output.get("data", {}).get(PLOTLY_MIME)
+            if spec is None:
+                continue
+            count += 1
+            element = f"plotly-{uuid.uuid4().hex[:12]}"
+            payload = json.dumps({"data": spec.get("data", []), "layout": spec.get("layout", {})})
+            payload = payload.replace("</", "<\\/")  # never close the script element early
+            height = (spec.get("layout") or {}).get("height") or 450
+            output["data"]["text/html"] = (
+                f'<div id="{element}" class="plotly-graph-div" style="height:{int(height)}px;width:100%"></div>'
+                f"<script>window.addEventListener('DOMContentLoaded',function(){{var f={payload};"
+                f"Plotly.newPlot('{element}',f.data,f.layout,{{responsive:true}});}});</script>"
+            )
+    return count
 
 
 def stage_notebooks(dest: Path, execute: bool) -> list[Path]:
@@ -34,7 +64,11 @@ def stage_notebooks(dest: Path, execute: bool) -> list[Path]:
                 NotebookClient(
                     nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": work}}
                 ).execute()
-            print(f"executed {path.name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            figures = plotly_html(nb)
+            print(
+                f"executed {path.name} in {time.perf_counter() - started:.0f} s ({figures} figures)",
+                file=sys.stderr,
+            )
         nbformat.write(nb, dest / path.name)
         written.append(dest / path.name)
     return written
@@ -50,6 +84,10 @@ def build(site_dir: Path, execute: bool = True) -> Path:
         docs = Path(stage) / "docs"
         shutil.copytree(ROOT / "docs", docs)
         stage_notebooks(docs / "notebooks", execute)
+        import plotly
+
+        (docs / PLOTLY_JS).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", docs / PLOTLY_JS)
         config = load_config(
             str(ROOT / "mkdocs.yml"), docs_dir=str(docs), site_dir=str(site_dir.resolve()), strict=True
         )
