@@ -96,7 +96,14 @@ def build(site_dir: Path, execute: bool = True) -> Path:
         config = load_config(
             str(ROOT / "mkdocs.yml"), docs_dir=str(docs), site_dir=str(site_dir.resolve()), strict=True
         )
-        mkdocs_build(config)
+        here = os.getcwd()
+        os.chdir(
+            stage
+        )  # mkdocs-jupyter keeps its cache under ./.cache: in the staging folder, not the checkout
+        try:
+            mkdocs_build(config)
+        finally:
+            os.chdir(here)
     return site_dir
 
 
