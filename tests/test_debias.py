@@ -232,6 +232,7 @@ def test_run_folder_mode_and_debias_steps(toy_debias, tmp_path):
         load_fit,
         positional_trend,
         sample_sinks,
+        sample_trend,
     )
     from flowlens.pruning.scorers import ScoreContext
     from flowlens.store.run import open_run
@@ -266,7 +267,17 @@ def test_run_folder_mode_and_debias_steps(toy_debias, tmp_path):
             positional_trend(scores, ScoreContext(trace, sample, context.cache)), expected
         )
         with pytest.raises(FlowlensError, match="needs the scorer"):
-            positional_trend(scores, ScoreContext(trace, sample))
+            positional_trend(scores, ScoreContext(trace, sample), calibration="run")
+        own = apply(scores, positions, sample_trend(scores, positions))  # auto without a scorer: per sample
+        np.testing.assert_allclose(positional_trend(scores, ScoreContext(trace, sample)), own)
+        # the pruning engine's context (an in-memory trace, no run file) through the spec registry
+        from flowlens.pruning.spec import PRESETS, DebiasSpec, apply_debias
+
+        step = DebiasSpec.from_data(PRESETS["fastv+debias"]["debias"][1])
+        in_memory = ScoreContext(None, sample, trace=trace.sample(sample))
+        np.testing.assert_allclose(apply_debias(scores, step, in_memory), own)
+        flags, _ = context_sinks(in_memory)
+        assert np.array_equal(flags, sample_sinks(trace, sample)[0])
 
 
 def test_per_sample_variant_ignores_the_salient_few(monkeypatch):

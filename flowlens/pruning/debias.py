@@ -3,11 +3,13 @@
 Registered with `flowlens.pruning.spec.register_debias` (when that module exists) as
 `function(scores, context, **params) -> scores`:
 
-- `positional_trend(axis, family, mode, fit, scorer, calibration, bins, smooth, pad_threshold, sinks)`:
-  divide by (or subtract) a positional trend. The trend comes from `fit` (a `debias.h5` or its folder,
-  written by `flowlens debias`, or the fit's data itself: a `TrendFit` as a dict), else is calibrated over every traced sample of the context's run with
-  `scorer` (or the scorer the pruning engine put in `context.cache["scorer"]`), or, with
-  `calibration="sample"`, over the sample's own low-score majority (`sample_trend`).
+- `positional_trend(axis, family, mode, fit, scorer, calibration, majority, bins, smooth, pad_threshold,
+  sinks)`: divide by (or subtract) a positional trend. The trend comes from `fit` (a `debias.h5` or its
+  folder, written by `flowlens debias`, or the fit's data itself: a `TrendFit` as a dict); else
+  `calibration="run"` fits every traced sample of the context's run file with `scorer` (or the scorer the
+  pruning engine put in `context.cache["scorer"]`); `"sample"` fits the sample's own low-score majority
+  (`sample_trend`); `"auto"` (default) is `run` where the context has a run file and a scorer, else
+  `sample` (what `flowlens prune`, one in-memory trace at a time, gets).
 - `pad_mask(threshold, padding)`: tokens whose pad fraction exceeds `threshold` ranked last.
 - `sink_mask(source, ratio, share, norm_ratio)`: sink tokens ranked last.
 
@@ -252,7 +254,7 @@ def positional_trend(
     mode: str = "divide",
     fit: str | dict[str, Any] | TrendFit | None = None,
     scorer: Any = None,
-    calibration: str = "run",
+    calibration: str = "auto",
     majority: float = 0.8,
     bins: int = 16,
     smooth: float = 1.0,
@@ -273,9 +275,10 @@ def positional_trend(
     elif fit is not None:
         name = None if scorer is None else scorer_label(*scorer_of(scorer))
         trend = load_fit(fit, axis, family, name)
-    elif calibration == "sample":  # the sample's own low-score majority: its few salient tokens left out
+    elif calibration == "sample" or (calibration == "auto" and not _has_run_and_scorer(context, scorer)):
+        # the sample's own low-score majority (auto: no run file to calibrate over, e.g. `flowlens prune`)
         trend = sample_trend(scores, positions, family, axis, majority, bins, smooth)
-    elif calibration == "run":
+    elif calibration in ("run", "auto"):
         given = scorer if scorer is not None else context.cache.get("scorer")
         if given is None or getattr(context, "run", None) is None:
             raise FlowlensError(
@@ -289,8 +292,13 @@ def positional_trend(
             _CALIBRATIONS[key] = calibrate(context.run, name, params, axis, family, None, bins, smooth)
         trend = _CALIBRATIONS[key]
     else:
-        raise FlowlensError(f"positional_trend calibration is run or sample, got {calibration!r}")
+        raise FlowlensError(f"positional_trend calibration is auto, run or sample, got {calibration!r}")
     return apply(scores, positions, trend, mode)
+
+
+def _has_run_and_scorer(context: ScoreContext, scorer: Any) -> bool:
+    has_scorer = scorer is not None or context.cache.get("scorer") is not None
+    return getattr(context, "run", None) is not None and has_scorer
 
 
 def sample_trend(
