@@ -26,6 +26,7 @@ _BUILTIN = (
     "flowlens.analyses.knockout_run",
     "flowlens.analyses.pathways",
     "flowlens.analyses.lens",
+    "flowlens.analyses.patch",
     "probes.analysis",
 )
 _ANALYSES: dict[str, Analysis] = {}

@@ -14,6 +14,7 @@ prompt, and mapping prompt parts to token positions -- is shared and exact:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -186,15 +187,24 @@ class VideoLM:
         return self.processor.tokenizer
 
     # -- inputs -----------------------------------------------------------------
-    def prepare(self, sample: Sample, frames: int = 8, template: PromptTemplate | None = None) -> Prepared:
+    def prepare(
+        self,
+        sample: Sample,
+        frames: int = 8,
+        template: PromptTemplate | None = None,
+        transform: Callable[[Frames], Frames] | None = None,
+    ) -> Prepared:
         """Model inputs for `sample` with `frames` sampled frames, and their exact `TokenLayout`.
 
         The prompt is `template`, else the preset named by the sample's `metadata["template"]` (set by
-        benchmark loaders), else this model's `template`.
+        benchmark loaders), else this model's `template`. `transform` changes the sampled frames before the
+        processor sees them (e.g. a patching corruption).
         """
         template = template or self.template_for(sample)
         sample.validate(require_options=False)
         sampled = self.adapter.sample_frames(sample, frames)
+        if transform is not None:
+            sampled = transform(sampled)
         user = build_user_text(sample, template)
         before, after = self._render_around_user(template.system)
         text = before + user.text + after + template.answer_prefix
