@@ -55,7 +55,7 @@ class PatchOptions:
         "token groups to patch (`frames`: every frame group; `all`: every position)",
         metavar="GROUP",
     )
-    layers: list[int] | None = option(
+    patch_layers: list[int] | None = option(
         None, "layers to patch (0-based; default: every layer)", metavar="LAYER"
     )
     heads: list[int] | None = option(None, "hook_z heads (default: every head)", metavar="HEAD")
@@ -79,13 +79,13 @@ class PatchOptions:
                 raise FlowlensError(f"--{name} {' '.join(bad) or '(none)'}: use {', '.join(choices)}")
         if not self.groups:
             raise FlowlensError("--groups: name at least one token group")
-        if self.layers is not None:
-            self.layers = sorted({int(x) for x in self.layers})
+        if self.patch_layers is not None:
+            self.patch_layers = sorted({int(x) for x in self.patch_layers})
         if self.heads is not None:
             self.heads = sorted({int(x) for x in self.heads})
 
     def check(self, n_layers: int, n_heads: int) -> None:
-        check_layers("layers", self.layers, n_layers)
+        check_layers("patch_layers", self.patch_layers, n_layers)
         bad = [h for h in self.heads or [] if not 0 <= h < n_heads]
         if bad:
             raise FlowlensError(f"--heads {bad}: the model has {n_heads} heads (0 to {n_heads - 1})")
@@ -95,7 +95,7 @@ class PatchOptions:
         groups: list[str] = []
         for group in self.groups:
             groups += [g for g in (layout.frame_groups if group == FRAMES else [group]) if g not in groups]
-        layers = self.layers if self.layers is not None else range(layout.n_layers)
+        layers = self.patch_layers if self.patch_layers is not None else range(layout.n_layers)
         heads = self.heads if self.heads is not None else range(layout.n_heads)
         out = []
         for hook in self.hooks:
