@@ -290,6 +290,36 @@ class VideoLM:
         table = rules if isinstance(rules, RuleTable) else RuleTable.load(rules)
         return pathways(self, samples, table, out, options, **control)
 
+    def patch(self, samples: Any, out: Any = None, **kwargs: Any) -> Any:
+        """Activation patching between clean and corrupted videos (`flowlens patch`); return the `Run`.
+
+        `kwargs`: `flowlens.analyses.patch.PatchOptions` fields (`corruption`, `hooks`, `groups`,
+        `patch_layers`, `heads`, `directions`, `frames`, `batch_size`) and `RunControl` fields.
+        """
+        from flowlens.analyses.patch import PatchOptions, patch
+
+        options, control = _split_options(PatchOptions, kwargs)
+        return patch(self, samples, out, options, **control)
+
+    # -- nnsight interop (flowlens[nnsight]) ------------------------------------------
+    def nnsight(self) -> Any:
+        """An `nnsight.NNsight` envoy over this model (the same weights); see docs/nnsight.md."""
+        from flowlens.interop.nnsight import envoy
+
+        return envoy(self.model)
+
+    def nnsight_layers(self, env: Any) -> Any:
+        """The envoy of the language decoder's layers in `env` (`lm.nnsight()`), whatever the family's path."""
+        from flowlens.interop.nnsight import layers
+
+        return layers(self, env)
+
+    def knockout_context(self, knockout: Any, layout: TokenLayout) -> Any:
+        """A context applying a `Knockout` to this model's forwards, also inside an nnsight trace."""
+        from flowlens.interop.nnsight import knockout_context
+
+        return knockout_context(self, knockout, layout)
+
     @torch.no_grad()
     def forward(self, inputs: Any, **kwargs: Any) -> Any:
         """One forward pass on prepared inputs (no gradients)."""
