@@ -173,41 +173,48 @@ def run_patched(
     """fp32 logits (len(rows), vocab) at `last`: row r is the target run with every cell of `rows[r]` patched
     from `source` (a row may hold several cells, or none).
 
-    All rows run as one batch that resumes the target's recorded run at the first patched layer (earlier
-    layers are identical to the target's), plus an unpatched canary row that must reproduce its logits.
+    All rows run as one batch that resumes the target's recorded run at the first patched layer and position
+    (everything before is identical to the target's), plus an unpatched canary row that must reproduce its logits.
     """
     lm, layout = target.lm, target.layout
     d_head = head_dim(lm) if any(c.hook == "hook_z" for row in rows for c in row) else 0
     edits: dict[tuple[int, str], list[tuple[int, torch.Tensor, slice]]] = defaultdict(list)
     device = target.logits.device
+    first = layout.seq_len - 1
     for r, row in enumerate(rows, start=1):  # row 0: the canary
         for cell in row:
             if (cell.layer, cell.hook) not in source:
                 raise FlowlensError(f"no source activation recorded for {cell}")
-            index = torch.as_tensor(positions(layout, cell.group), device=device)
+            where = positions(layout, cell.group)
+            if where.size:
+                first = min(first, int(where.min()))
+            index = torch.as_tensor(where, device=device, dtype=torch.long)
             columns = (
                 slice(None) if cell.head is None else slice(cell.head * d_head, (cell.head + 1) * d_head)
             )
             edits[(cell.layer, cell.hook)].append((r, index, columns))
     batch = len(rows) + 1
     start = min((layer for layer, _ in edits), default=target.n_layers - 1)
+    # Positions before `first` compute exactly as in the target run (causal attention): the batch recomputes
+    # positions >= first only, attending the target's cached keys and values before it.
     with contextlib.ExitStack() as stack:
         for (layer, hook), todo in edits.items():
             module, pre = site(lm, layer, hook)
             values = source[(layer, hook)]
 
             def edit(value: torch.Tensor, todo=todo, values=values) -> torch.Tensor:
-                if value.shape[0] != batch or value.shape[1] != values.shape[0]:
+                offset = values.shape[0] - value.shape[1]  # the batch starts at position `first`
+                if value.shape[0] != batch or offset != first:
                     raise FlowlensError(
-                        f"patching expected a ({batch}, {values.shape[0]}, ...) activation, got {tuple(value.shape)}"
+                        f"patching expected a ({batch}, {values.shape[0] - first}, ...) activation, got {tuple(value.shape)}"
                     )
                 value = value.clone()
                 for r, index, columns in todo:
-                    value[r, index, columns] = values[index, columns].to(value.dtype)
+                    value[r, index - offset, columns] = values[index, columns].to(value.dtype)
                 return value
 
             stack.enter_context(_hooked(module, pre, edit))
-        logits = target.run_from(start, [None] * batch)
+        logits = target.run_from(start, [None] * batch, first)
     return logits[1:]
 
 
@@ -217,17 +224,22 @@ def sweep(
     source: dict[tuple[int, str], torch.Tensor],
     batch_size: int = 32,
 ) -> torch.Tensor:
-    """fp32 logits (len(cells), vocab): one cell per batch row, `batch_size` rows per forward.
+    """fp32 logits (len(cells), vocab): one cell per batch row, at most `batch_size` rows per forward.
 
-    Cells are sorted by layer so each batch resumes as late as it can; rows come back in `cells` order.
+    Each batch holds cells of one layer (it resumes the target run there, at the first patched position);
+    rows come back in `cells` order.
     """
-    order = sorted(range(len(cells)), key=lambda i: cells[i].layer)
+    by_layer: dict[int, list[int]] = defaultdict(list)
+    for i, cell in enumerate(cells):
+        by_layer[cell.layer].append(i)
     out: list[torch.Tensor | None] = [None] * len(cells)
-    for offset in range(0, len(order), batch_size):
-        chunk = order[offset : offset + batch_size]
-        logits = run_patched(target, [[cells[i]] for i in chunk], source)
-        for i, row in zip(chunk, logits, strict=True):
-            out[i] = row
+    for layer in sorted(by_layer):
+        order = by_layer[layer]
+        for offset in range(0, len(order), batch_size):
+            chunk = order[offset : offset + batch_size]
+            logits = run_patched(target, [[cells[i]] for i in chunk], source)
+            for i, row in zip(chunk, logits, strict=True):
+                out[i] = row
     if not cells:
         return target.logits.new_zeros(0, target.logits.shape[-1])
     return torch.stack(out)  # type: ignore[arg-type]
