@@ -246,4 +246,4 @@ def test_run_stores_corruption_rows_and_report(tmp_path, capsys):
     assert len(table) == 2 * 2 * 2 * (8 + 3)
     html = (out / "patch.html").read_text()
     assert "Activation patching" in html and "patch-denoise-hook_resid_post" in html
-    assert "strongest cell" in capsys.readouterr().out
+    assert "restores most" in capsys.readouterr().out

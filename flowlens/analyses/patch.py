@@ -261,16 +261,21 @@ class PatchAnalysis(Analysis):
         return patch(lm, samples, control.out, options, **control.kwargs())
 
     def summary(self, run: Run) -> list[str]:
+        """Per direction and hook, the cell that restores (denoising) or breaks (noising) the answer most."""
         lines = []
-        for direction in run.config.get("settings", {}).get("directions", []):
-            for hook in run.config.get("settings", {}).get("hooks", []):
+        settings = run.config.get("settings", {})
+        for direction in settings.get("directions", []):
+            for hook in settings.get("hooks", []):
                 effects = mean_effects(run, direction, hook)
                 if effects is None:
                     continue
-                layer, group = np.unravel_index(np.nanargmax(effects.to_numpy()), effects.shape)
+                values = effects.to_numpy()
+                pick = np.nanargmax if direction == "denoise" else np.nanargmin
+                layer, group = np.unravel_index(pick(values), values.shape)
+                what = "restores most" if direction == "denoise" else "breaks most"
                 lines.append(
-                    f"{direction} {hook}: strongest cell {effects.columns[group]}@layer {effects.index[layer]} "
-                    f"(normalised logit difference {effects.to_numpy()[layer, group]:.3f})"
+                    f"{direction} {hook}: {effects.columns[group]}@layer {effects.index[layer]} {what} "
+                    f"(mean normalised logit difference {values[layer, group]:.3f})"
                 )
         return lines
 
