@@ -105,8 +105,24 @@ def test_knockout_context_outside_nnsight_and_on_error():
     inputs, layout = lm.prepare(make_sample(), frames=FRAMES)
     knockout = Knockout((Block("video", "last"),), layers=(1,))
     expected = reference_logits(lm, inputs, layout, knockout)
+    seen = {}
+
+    def read(
+        module, args, kwargs
+    ):  # what nnsight's transformers wrapper reads, and the vision tower's choice
+        config = lm.model.config
+        seen.update(text=config.get_text_config()._attn_implementation, top=config._attn_implementation)
+        seen.update(vision=config.vision_config._attn_implementation)
+
+    before = dict(
+        top=lm.model.config._attn_implementation, vision=lm.model.config.vision_config._attn_implementation
+    )
+    handle = lm.adapter.language_model().register_forward_pre_hook(read, with_kwargs=True)
     with torch.no_grad(), lm.knockout_context(knockout, layout):
         got = lm.model(**inputs).logits[0, -1].float()
+    handle.remove()
+    assert seen == {"text": "flowlens", **before}  # only the language model switched
+    with torch.no_grad(), lm.knockout_context(knockout, layout):
         again = lm.model(**repeat_inputs(inputs, 2)).logits[:, -1].float()  # any batch size
     assert torch.allclose(got, expected, atol=1e-5) and torch.allclose(again[1], expected, atol=1e-5)
     with pytest.raises(ValueError), lm.knockout_context(knockout, layout):  # a failed forward restores too

@@ -110,8 +110,13 @@ class KnockoutContext:
         self.forwards += 1
         if self._one_shot:
             self._disarm()
-        if stack is not None:
-            stack.close()  # restores the attention implementation; raises if the backend did not run
+        if stack is None:
+            return
+        if output is None:  # the forward failed: restore quietly, its own error is the one to see
+            with contextlib.suppress(FlowlensError):
+                stack.close()
+            return
+        stack.close()  # restores the attention implementation; raises if the backend did not run
 
     def _arm(self) -> None:
         model = self.lm.model
