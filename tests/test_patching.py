@@ -218,6 +218,7 @@ def test_sample_rows_and_metric_definitions():
     logits = torch.tensor([[1.0, 3.0, -2.0]])
     assert float(logit_diff(logits, 1, 2)[0]) == 5.0
     assert float(normalised(torch.tensor(2.0), 5.0, -1.0)) == pytest.approx(0.5)
+    assert torch.isnan(normalised(torch.tensor([2.0]), 1.0, 1.0)).all()  # nothing to restore
 
 
 def test_corrupted_answer_is_the_corrupted_runs_preferred_option():
@@ -248,27 +249,21 @@ def test_run_stores_corruption_rows_and_report(tmp_path, capsys):
     from flowlens.cli import main
 
     out = tmp_path / "patch"
-    args = [
-        "patch",
-        "toy",
-        "--dataset",
-        "synthetic",
-        "--split",
-        "test[:1]",
-        "--frames",
-        "8",
-        "--groups",
-        "frames",
-        "last",
-    ]
-    assert main([*args, "--out", str(out), "--corruption", "replace:3=0", "--patch-layers", "0", "3"]) == 0
+    args = ["patch", "toy", "--dataset", "synthetic", "--task", "event_order", "--split", "test[:1]"]
+    args += ["--frames", "8", "--groups", "frames", "last", "--out", str(out), "--corruption", "replace:7=0"]
+    assert main([*args, "--patch-layers", "0", "3", "--hooks", "hook_resid_pre"]) == 0
     run = flowlens.open_run(out / "patch.h5")
     assert run.config["settings"]["corruption_spec"]["kind"] == "replace"
     sample = run.samples[0]
-    assert run.metadata(sample)["corruption"]["permutation"] == [0, 1, 2, 0, 4, 5, 6, 7]
+    assert run.metadata(sample)["corruption"]["permutation"] == [0, 1, 2, 3, 4, 5, 6, 0]
     table = run.table("patching")
     assert set(table["direction"]) == {"denoise", "noise"} and set(table["layer"]) == {0, 3}
     assert len(table) == 2 * 2 * (8 + 1)
+    assert run.metadata(sample)["ask"] == "last"  # the replaced last frame changes the answer
+    denoise = table[(table["direction"] == "denoise") & (table["layer"] == 0)].set_index("group")
+    assert (
+        denoise.loc["frame7", "logit_diff_norm"] > 0.9 and abs(denoise.loc["frame3", "logit_diff_norm"]) < 0.1
+    )
     html = (out / "patch.html").read_text()
-    assert "Activation patching" in html and "patch-denoise-hook_resid_post" in html
+    assert "Activation patching" in html and "patch-denoise-hook_resid_pre" in html
     assert "restores most" in capsys.readouterr().out

@@ -112,7 +112,12 @@ def logit_diff(logits: torch.Tensor, answer: int, corrupted: int) -> torch.Tenso
 
 
 def normalised(diff: torch.Tensor, clean: float, corrupted: float) -> torch.Tensor:
-    """(LD - LD_corrupted) / (LD_clean - LD_corrupted): 0 = the corrupted run's answer, 1 = the clean run's."""
+    """(LD - LD_corrupted) / (LD_clean - LD_corrupted): 0 = the corrupted run's answer, 1 = the clean run's.
+
+    NaN where the corruption leaves the logit difference unchanged (nothing to restore; means skip it).
+    """
+    if clean == corrupted:
+        return torch.full_like(diff, float("nan"))
     return (diff - corrupted) / (clean - corrupted)
 
 
@@ -270,6 +275,9 @@ class PatchAnalysis(Analysis):
                 if effects is None:
                     continue
                 values = effects.to_numpy()
+                if np.isnan(values).all():
+                    lines.append(f"{direction} {hook}: the corruption changed no sample's logit difference")
+                    continue
                 pick = np.nanargmax if direction == "denoise" else np.nanargmin
                 layer, group = np.unravel_index(pick(values), values.shape)
                 what = "restores most" if direction == "denoise" else "breaks most"

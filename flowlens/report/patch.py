@@ -53,7 +53,7 @@ def patch_section(run: Run) -> Section | None:
     for direction in settings.get("directions", []):
         for hook in settings.get("hooks", []):
             effects = mean_effects(run, direction, hook)
-            if effects is not None:
+            if effects is not None and not np.isnan(effects.to_numpy(dtype=np.float64)).all():
                 figures[f"patch-{direction}-{hook}"] = effect_figure(effects, direction, hook)
     table = run.table(TABLE)
     caption = (
