@@ -266,4 +266,5 @@ def test_run_stores_corruption_rows_and_report(tmp_path, capsys):
     )
     html = (out / "patch.html").read_text()
     assert "Activation patching" in html and "patch-denoise-hook_resid_pre" in html
+    assert "strongest cells: group@layer" in html and "frame7@0" in html
     assert "restores most" in capsys.readouterr().out

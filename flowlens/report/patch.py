@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from flowlens.report.figures import TEMPLATE
 from flowlens.report.knockout import plotly_text
@@ -62,4 +62,28 @@ def patch_section(run: Run) -> Section | None:
         "logit difference (LD - LD_corrupted) / (LD_clean - LD_corrupted), LD = logit(answer) - "
         "logit(corrupted answer). " + " ".join(f"{d}: {t}." for d, t in DIRECTION_TEXT.items())
     )
-    return Section("patch", "Activation patching", caption, figures, Markup(""))
+    return Section("patch", "Activation patching", caption, figures, top_cells_table(run, settings))
+
+
+def top_cells_table(run: Run, settings: dict, top: int = 5) -> Markup:
+    """HTML table: per direction and hook, the cells that restore (denoise) or break (noise) the answer most."""
+    from flowlens.analyses.patch import mean_effects
+
+    rows = []
+    for direction in settings.get("directions", []):
+        for hook in settings.get("hooks", []):
+            effects = mean_effects(run, direction, hook)
+            if effects is None:
+                continue
+            cells = effects.stack().dropna()
+            cells = cells.sort_values(ascending=direction == "noise").head(top)
+            listed = ", ".join(f"{group}@{layer} ({value:.2f})" for (layer, group), value in cells.items())
+            rows.append(
+                f"<tr><td>{escape(direction)}</td><td>{escape(hook)}</td><td>{escape(listed)}</td></tr>"
+            )
+    if not rows:
+        return Markup("")
+    head = (
+        "<tr><th>direction</th><th>hook</th><th>strongest cells: group@layer (mean normalised LD)</th></tr>"
+    )
+    return Markup(f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
