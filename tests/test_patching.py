@@ -268,3 +268,15 @@ def test_run_stores_corruption_rows_and_report(tmp_path, capsys):
     assert "Activation patching" in html and "patch-denoise-hook_resid_pre" in html
     assert "strongest cells: group@layer" in html and "frame7@0" in html
     assert "restores most" in capsys.readouterr().out
+
+
+def test_repeat_inputs_batches_every_family(family):
+    """A batch of two copies of one prepared input gives the batch-1 logits on both rows (docs/nnsight.md)."""
+    from flowlens.engine.batching import repeat_inputs
+
+    lm = tiny(family)
+    inputs, _ = lm.prepare(make_sample(), frames=FRAMES)
+    with torch.no_grad():
+        one = lm.model(**inputs).logits[0, -1]
+        two = lm.model(**repeat_inputs(inputs, 2)).logits[:, -1]
+    assert torch.allclose(two, one.expand_as(two), atol=1e-5, rtol=0)
