@@ -27,6 +27,7 @@ _BUILTIN = (
     "flowlens.analyses.pathways",
     "flowlens.analyses.lens",
     "flowlens.analyses.debias",
+    "flowlens.analyses.patch",
     "probes.analysis",
     "flowlens.analyses.prune",
 )
