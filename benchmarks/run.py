@@ -12,8 +12,8 @@ import torch
 from benchmarks.activations_speed import bench_activations
 from benchmarks.knockout_speed import bench_canary_cost, bench_knockout_speed
 from benchmarks.lens_speed import bench_lens_speed
-from benchmarks.prune_speed import bench_prune_drop, bench_prune_sweep
 from benchmarks.patch_speed import bench_patch_speed
+from benchmarks.prune_speed import bench_prune_drop, bench_prune_sweep
 from benchmarks.trace_speed import bench_trace_speed
 
 RESULTS = Path(__file__).parent / "results"
