@@ -24,6 +24,7 @@ from flowlens.errors import (
     EXIT_USAGE,
     DiskFullError,
     FlowlensError,
+    LaunchStoppedError,
     NothingToDoError,
     UsageError,
 )
@@ -441,29 +442,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _said(exc: BaseException) -> str:
+    """The exception's message, with its notes (e.g. which sample a rank was working on) in brackets."""
+    return str(exc) + "".join(f" ({note})" for note in getattr(exc, "__notes__", []))
+
+
 def main(argv: list[str] | None = None) -> int:
+    from flowlens import distributed
     from flowlens.compat import CompatError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_transformers()
+    me = distributed.label()  # `flowlens[rank 1/4]` under a launcher: which rank says it
     try:
         return int(args.func(args))
     except NothingToDoError as exc:
-        print(f"flowlens: nothing done: {exc}", file=sys.stderr)
+        print(f"{me}: nothing done: {_said(exc)}", file=sys.stderr)
         return EXIT_NOTHING
-    except (CompatError, DiskFullError) as exc:
-        print(f"flowlens: error: {exc}", file=sys.stderr)
+    except (CompatError, DiskFullError, LaunchStoppedError) as exc:
+        print(f"{me}: error: {_said(exc)}", file=sys.stderr)
         return EXIT_INTERNAL
     except FlowlensError as exc:
-        print(f"flowlens: error: {exc}", file=sys.stderr)
+        print(f"{me}: error: {_said(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("flowlens: interrupted", file=sys.stderr)
+        print(f"{me}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: say so, with the traceback, and a code of its own
         traceback.print_exc()
-        print(f"flowlens: internal error: {type(exc).__name__}: {exc} (please report it)", file=sys.stderr)
+        print(f"{me}: internal error: {type(exc).__name__}: {_said(exc)} (please report it)", file=sys.stderr)
         return EXIT_INTERNAL
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -72,6 +73,65 @@ def barrier(current: World | None = None) -> None:
         dist.barrier()
 
 
+def share(value: Any, current: World | None = None) -> Any:
+    """Rank 0's `value` on every rank (a no-op in a single process): ranks then agree on what to run."""
+    current = current or world()
+    if not current.parallel:
+        return value
+    import torch.distributed as dist
+
+    box = [value if current.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def label(current: World | None = None) -> str:
+    """`flowlens` in a single process, `flowlens[rank 1/4]` in a launch: the prefix of every printed line."""
+    current = current or world()
+    return f"flowlens[rank {current.rank}/{current.size}]" if current.parallel else "flowlens"
+
+
+class Stopped(BaseException):
+    """The launcher asked this rank to stop (SIGTERM: torchrun does so when another rank dies)."""
+
+
+def on_stop(current: World | None = None) -> Any:
+    """In a launch, turn SIGTERM into `Stopped` (so shards close and the rank says where it was); returns
+    the previous handler for `restore_stop` (None when nothing was changed)."""
+    current = current or world()
+    if not current.parallel:
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _raise_stopped)
+    except ValueError:  # not the main thread: leave the default
+        return None
+
+
+def restore_stop(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise Stopped()
+
+
+FAULT = "FLOWLENS_TEST_FAULT"  # "<rank>:<samples>:kill|raise": tests make a rank die after that many samples
+
+
+def fault_point(current: World, written: int) -> None:
+    """Test hook: with `FLOWLENS_TEST_FAULT=1:2:kill`, rank 1 kills itself (SIGKILL) after writing two
+    samples, while on its third (`raise`: it raises instead). Does nothing without the variable."""
+    spec = os.environ.get(FAULT)
+    if not spec:
+        return
+    rank, after, how = spec.split(":")
+    if int(rank) == current.rank and int(after) == written:
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(f"fault injected by {FAULT}={spec}")
+
+
 def device(requested: str | None, current: World | None = None) -> str | None:
     """The device a rank loads its model on: `cuda` (or `auto` with CUDA) becomes this rank's own GPU."""
     current = current or world()
@@ -122,6 +182,24 @@ def read_statuses(path: Path) -> dict[int, dict[str, Any]]:
             except (OSError, ValueError):
                 continue
     return dict(sorted(out.items()))
+
+
+def describe(path: Path, current: World) -> str:
+    """What each rank of this launch was doing, from the status files (`rank 1: working on sample 'x', 3 done`)."""
+    statuses = read_statuses(path)
+    parts = []
+    for rank in range(current.size):
+        status = statuses.get(rank)
+        if status is None:
+            parts.append(f"rank {rank}: no sample started")
+        elif status.get("finished"):
+            parts.append(f"rank {rank}: finished ({status.get('done', 0)} samples)")
+        else:
+            what = f"sample {status.get('working')!r}" if status.get("working") else "no sample"
+            error = f", failed: {status['error']}" if status.get("error") else ""
+            me = " (this rank)" if rank == current.rank else ""
+            parts.append(f"rank {rank}{me}: stopped on {what} after {status.get('done', 0)} samples{error}")
+    return "; ".join(parts)
 
 
 def clear_statuses(path: Path) -> None:
