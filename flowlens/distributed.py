@@ -14,6 +14,9 @@ import json
 import os
 import re
 import signal
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -190,16 +193,55 @@ def describe(path: Path, current: World) -> str:
     parts = []
     for rank in range(current.size):
         status = statuses.get(rank)
+        who = f"rank {rank}" + (" (this rank)" if rank == current.rank else "")
         if status is None:
-            parts.append(f"rank {rank}: no sample started")
+            parts.append(f"{who}: no sample started")
         elif status.get("finished"):
-            parts.append(f"rank {rank}: finished ({status.get('done', 0)} samples)")
+            parts.append(f"{who}: finished ({status.get('done', 0)} samples)")
         else:
             what = f"sample {status.get('working')!r}" if status.get("working") else "no sample"
             error = f", failed: {status['error']}" if status.get("error") else ""
-            me = " (this rank)" if rank == current.rank else ""
-            parts.append(f"rank {rank}{me}: stopped on {what} after {status.get('done', 0)} samples{error}")
+            parts.append(f"{who}: stopped on {what} after {status.get('done', 0)} samples{error}")
     return "; ".join(parts)
+
+
+def wait_for_ranks(path: Path, current: World, progress: Callable[[int], None] | None = None) -> None:
+    """Wait (in Python, so SIGTERM still stops it) until every rank of this launch has finished its
+    share, calling `progress(samples done over all ranks)`; rank 0 raises `LaunchStoppedError` as soon as
+    a rank reports an error or its process is gone from this machine."""
+    from flowlens.errors import LaunchStoppedError
+
+    host = socket.gethostname()
+    while True:
+        statuses = read_statuses(path)
+        mine = [statuses.get(rank, {}) for rank in range(current.size)]
+        if all(status.get("finished") for status in mine):
+            return
+        if progress is not None:
+            progress(sum(int(status.get("done", 0)) for status in mine))
+        for rank, status in enumerate(mine):
+            if status.get("finished") or not current.main:
+                continue
+            gone = status.get("host") == host and not _alive(int(status.get("pid", 0)))
+            if status.get("error") or gone:
+                why = "failed" if status.get("error") else f"died (process {status.get('pid')} is gone)"
+                raise LaunchStoppedError(
+                    f"rank {rank} {why}: {describe(path, current)}; finished samples are kept in the shard "
+                    "files: rerun with --resume (on any number of ranks)"
+                )
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # unknown: assume it runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def clear_statuses(path: Path) -> None:

@@ -19,6 +19,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -224,10 +225,12 @@ def run_over_samples(
             )
             try:
                 _run_share(writer, mine, write_one, path, current, bar)
+                if current.parallel:  # every rank done and its shard closed: then rank 0 merges
+                    distributed.wait_for_ranks(path, current, lambda n: bar.update(n - bar.n))
             except BaseException:
                 bar.close()  # the error line then starts on a line of its own
                 raise
-        distributed.barrier(current)  # every rank done and its shard closed: rank 0 merges
+        distributed.barrier(current)
     except distributed.Stopped:
         raise LaunchStoppedError(
             f"the launcher stopped this rank (another rank failed?): {distributed.describe(path, current)}; "
@@ -257,22 +260,23 @@ def _run_share(
     bar: Any,
 ) -> None:
     """Run this rank's samples; in a launch, keep its status file saying which sample it is on."""
+    where = {"pid": os.getpid(), "host": socket.gethostname()}
     for n, sample in enumerate(mine):
         if current.parallel:
-            distributed.write_status(path, current.rank, working=str(sample.id), done=n, pid=os.getpid())
+            distributed.write_status(path, current.rank, working=str(sample.id), done=n, **where)
         try:
             distributed.fault_point(current, n)
             _run_one(writer, sample, write_one)
         except Exception as exc:
             if current.parallel:  # the other ranks and the next launch read where this one stopped
                 distributed.write_status(
-                    path, current.rank, working=str(sample.id), done=n, pid=os.getpid(), error=str(exc)
+                    path, current.rank, working=str(sample.id), done=n, error=str(exc), **where
                 )
                 exc.add_note(f"rank {current.rank} was working on sample {str(sample.id)!r}")
             raise
         bar.update(_progress(path, current, n + 1) - bar.n)
     if current.parallel:
-        distributed.write_status(path, current.rank, working=None, done=len(mine), finished=True)
+        distributed.write_status(path, current.rank, working=None, done=len(mine), finished=True, **where)
 
 
 def _run_one(writer: RunWriter, sample: Sample, write_one: Callable[[RunWriter, Sample], None]) -> None:
