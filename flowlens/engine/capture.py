@@ -55,6 +55,13 @@ class FlowCapture:
         self.question_rows: list[torch.Tensor | None] = [None] * n_layers
         self._flow_means: np.ndarray | None = None
         self._unchecked = self.options.canary
+        self._copies: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(onehot, video, rows) on `device`: a layer placed on another device (a device map) gets its own copy."""
+        if device not in self._copies:
+            self._copies[device] = (self.onehot.to(device), self.video.to(device), self.rows.to(device))
+        return self._copies[device]
 
     # ------------------------------------------------------------------ handler
     def __call__(
@@ -73,7 +80,8 @@ class FlowCapture:
         gqa = key.shape[1] != heads
         if self.options.flows:
             out, mass = self._output_and_mass(query, key, value, mask, scaling, gqa)
-            self.flow_sums[layer] = torch.einsum("ts,hta->hsa", self.onehot, mass[0])
+            onehot = self._on(query.device)[0]
+            self.flow_sums[layer] = torch.einsum("ts,hta->hsa", onehot, mass[0]).to(self.onehot.device)
             if self._unchecked:
                 self._check(module, query, key, value, mask, scaling, out, mass)
         else:
@@ -102,9 +110,10 @@ class FlowCapture:
         """
         segments = self.onehot.shape[1]
         kv_heads = key.shape[1]
+        local = self._on(query.device)[0]
         causal = mask is None
         if value.dtype == torch.float32:
-            onehot = self.onehot.expand(1, kv_heads, -1, -1)
+            onehot = local.expand(1, kv_heads, -1, -1)
             fused = F.scaled_dot_product_attention(
                 F.pad(query, (0, segments)),
                 F.pad(key, (0, segments)),
@@ -122,7 +131,7 @@ class FlowCapture:
         mass = F.scaled_dot_product_attention(
             query.float(),
             key.float(),
-            self.onehot.expand(1, kv_heads, -1, -1),
+            local.expand(1, kv_heads, -1, -1),
             attn_mask=mask if float_mask is None else float_mask,
             is_causal=causal,
             scale=scaling,
@@ -167,7 +176,7 @@ class FlowCapture:
         self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float
     ) -> None:
         """Explicit probabilities of the few rows kept whole: `last` and the question tokens, over video keys."""
-        rows = self.rows
+        _, video, rows = self._on(query.device)
         keys = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)[0].float()  # (H, T, D)
         scores = torch.matmul(query[0, :, rows].float(), keys.transpose(-1, -2)) * scaling  # (H, R, T)
         if mask is None:
@@ -177,11 +186,12 @@ class FlowCapture:
             scores = scores.masked_fill(~mask[0, :, rows], float("-inf"))
         else:
             scores = scores + mask[0, :, rows].float()
-        probs = torch.softmax(scores, dim=-1)[:, :, self.video]  # (H, R, V)
+        probs = torch.softmax(scores, dim=-1)[:, :, video]  # (H, R, V)
+        home = self.onehot.device  # results gather on one device, whatever device each layer runs on
         if self.options.last_to_video:
-            self.last_rows[layer] = probs[:, -1].clone()
+            self.last_rows[layer] = probs[:, -1].to(home, copy=True)
         if self.options.question_to_video:
-            self.question_rows[layer] = probs[:, :-1].mean(0)
+            self.question_rows[layer] = probs[:, :-1].mean(0).to(home)
 
     # ------------------------------------------------------------------ results
     def segment_flow(self) -> np.ndarray:
