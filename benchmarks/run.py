@@ -72,6 +72,14 @@ def main() -> None:
         },
         "lens_speed.json": {"meta": meta, "lens_run_dir_64_toy_samples": bench_lens_speed()},
     }
+    if (
+        torch.cuda.is_available()
+    ):  # the 7B-shaped GPU benchmark; on CPU run `python -m benchmarks.gpu --small`
+        from benchmarks.gpu import run as bench_gpu
+
+        results["gpu.json"] = bench_gpu(small=False)
+    else:
+        print("benchmarks.gpu: no CUDA device here, skipped (python -m benchmarks.gpu --small runs it small)")
     for name, result in results.items():
         path = RESULTS / name
         path.write_text(json.dumps(result, indent=2) + "\n")
