@@ -17,11 +17,11 @@ MICRO = replace(
     SMALL,
     hidden=64,
     intermediate=128,
-    layers=3,
+    layers=2,
     vision_hidden=32,
     vision_intermediate=64,
     frames=(2, 4),
-    throughput_samples=2,
+    throughput_samples=1,
     image=56,
 )
 
