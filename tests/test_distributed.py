@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -212,3 +213,32 @@ def test_a_rank_that_raises_names_itself_and_its_sample(tmp_path):
     assert (
         status["working"] == "syn3003-00003" and status["done"] == 1 and "fault injected" in status["error"]
     )
+
+
+def test_merge_copies_in_batches_and_a_finished_sample_beats_its_failure(tmp_path):
+    """`absorb` in batches of 2: every complete sample once, a failure dropped where another shard finished
+    the sample, a half-copied leftover (temporary name) replaced."""
+    import dataclasses
+
+    from flowlens.store.hdf5 import RunWriter
+
+    assert main(["trace", "toy", *DATA, "--limit", "1", "--out", str(tmp_path / "one")]) == 0
+    with flowlens.open_run(tmp_path / "one" / "trace.h5") as run:
+        trace, config, info = run.sample(run.samples[0]), run.config, run.model_info
+    a, b, merged = tmp_path / "t.rank000.h5", tmp_path / "t.rank001.h5", tmp_path / "t.h5"
+    with RunWriter(a, config, info) as writer:
+        for i in range(5):
+            writer.write_sample(dataclasses.replace(trace, sample_id=f"s{i}"))
+        writer.write_failure("s9", "video missing")
+    with RunWriter(b, config, info) as writer:
+        writer.write_failure("s1", "out of memory")  # finished by rank 0 in another launch
+        writer.write_sample(dataclasses.replace(trace, sample_id="s9"))  # retried and finished here
+        writer.write_sample(dataclasses.replace(trace, sample_id="s5"))
+    with RunWriter(merged, config, info) as writer:
+        assert writer.absorb(a, batch=2) == (5, 1)
+        assert writer.absorb(b, batch=2) == (2, 0)
+        assert writer.absorb(b, batch=2) == (0, 0)  # nothing twice
+    with flowlens.open_run(merged) as run:
+        assert sorted(run.samples) == ["s0", "s1", "s2", "s3", "s4", "s5", "s9"]
+        assert run.failures == {}
+        np.testing.assert_array_equal(run.sample("s9").frame_flow, trace.frame_flow)
