@@ -80,6 +80,14 @@ def main() -> None:
         },
         "patch_speed.json": {"meta": meta, "resid_post_4_layers_x_8_frames_toy": bench_patch_speed()},
     }
+    if (
+        torch.cuda.is_available()
+    ):  # the 7B-shaped GPU benchmark; on CPU run `python -m benchmarks.gpu --small`
+        from benchmarks.gpu import run as bench_gpu
+
+        results["gpu.json"] = bench_gpu(small=False)
+    else:
+        print("benchmarks.gpu: no CUDA device here, skipped (python -m benchmarks.gpu --small runs it small)")
     for name, result in results.items():
         path = RESULTS / name
         path.write_text(json.dumps(result, indent=2) + "\n")

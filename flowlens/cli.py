@@ -9,9 +9,12 @@ succeeded or nothing to do, 4 internal error (a bug, a dependency that broke a m
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
+import shutil
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from flowlens.errors import (
     EXIT_USAGE,
     DiskFullError,
     FlowlensError,
+    LaunchStoppedError,
     NothingToDoError,
     UsageError,
 )
@@ -53,6 +57,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:N, mps, or auto (cuda when present; default cpu)"
+    )
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        help="spread one model over devices with accelerate: auto, balanced, or a JSON mapping "
+        "('{\"model.language_model.layers.0\": 0, ...}' or a .json file); instead of --device",
     )
     parser.add_argument(
         "--dtype",
@@ -154,14 +164,49 @@ def _load(args: argparse.Namespace) -> Any:
     import flowlens
     from flowlens import distributed
 
+    device_map = parse_device_map(getattr(args, "device_map", None))
+    if device_map is not None and args.device is not None:
+        raise UsageError("give --device or --device-map, not both: a device map places every module itself")
+    if device_map is not None and distributed.world().parallel:
+        raise UsageError(
+            "--device-map under a multi-process launch is not supported: launch one process per model "
+            "copy (e.g. torchrun --nproc-per-node 1 per node) or drop --device-map"
+        )
+    offload = None
+    if isinstance(device_map, dict) and "disk" in map(str, device_map.values()):
+        offload = tempfile.mkdtemp(prefix="flowlens-offload-")
+        atexit.register(shutil.rmtree, offload, True)
     return flowlens.load(
         args.model,
-        device=resolve_device(distributed.device(args.device)),
+        device=None if device_map is not None else resolve_device(distributed.device(args.device)),
         dtype=args.dtype,
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
         layers=args.layers,
+        device_map=device_map,
+        offload_folder=offload,
     )
+
+
+def parse_device_map(value: str | None) -> str | dict[str, Any] | None:
+    """`--device-map`: a name accelerate knows (auto, balanced, ...), inline JSON, or a .json file."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.startswith("{") and text.endswith(".json"):
+        try:
+            text = Path(text).expanduser().read_text()
+        except OSError as exc:
+            raise UsageError(f"--device-map {value}: cannot read it ({exc.strerror})") from None
+    if not text.startswith("{"):
+        return text
+    try:
+        mapping = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--device-map: not valid JSON ({exc})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, (str, int)) for v in mapping.values()):
+        raise UsageError('--device-map: a JSON object of module name -> device ("cpu", 0, "cuda:1", "disk")')
+    return mapping
 
 
 def _load_samples(args: argparse.Namespace) -> Any:
@@ -441,29 +486,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _said(exc: BaseException) -> str:
+    """The exception's message, with its notes (e.g. which sample a rank was working on) in brackets."""
+    return str(exc) + "".join(f" ({note})" for note in getattr(exc, "__notes__", []))
+
+
 def main(argv: list[str] | None = None) -> int:
+    from flowlens import distributed
     from flowlens.compat import CompatError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_transformers()
+    me = distributed.label()  # `flowlens[rank 1/4]` under a launcher: which rank says it
     try:
         return int(args.func(args))
     except NothingToDoError as exc:
-        print(f"flowlens: nothing done: {exc}", file=sys.stderr)
+        print(f"{me}: nothing done: {_said(exc)}", file=sys.stderr)
         return EXIT_NOTHING
-    except (CompatError, DiskFullError) as exc:
-        print(f"flowlens: error: {exc}", file=sys.stderr)
+    except (CompatError, DiskFullError, LaunchStoppedError) as exc:
+        print(f"{me}: error: {_said(exc)}", file=sys.stderr)
         return EXIT_INTERNAL
     except FlowlensError as exc:
-        print(f"flowlens: error: {exc}", file=sys.stderr)
+        print(f"{me}: error: {_said(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("flowlens: interrupted", file=sys.stderr)
+        print(f"{me}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: say so, with the traceback, and a code of its own
         traceback.print_exc()
-        print(f"flowlens: internal error: {type(exc).__name__}: {exc} (please report it)", file=sys.stderr)
+        print(f"{me}: internal error: {type(exc).__name__}: {_said(exc)} (please report it)", file=sys.stderr)
         return EXIT_INTERNAL
 
 

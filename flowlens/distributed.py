@@ -13,6 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -72,6 +76,65 @@ def barrier(current: World | None = None) -> None:
         dist.barrier()
 
 
+def share(value: Any, current: World | None = None) -> Any:
+    """Rank 0's `value` on every rank (a no-op in a single process): ranks then agree on what to run."""
+    current = current or world()
+    if not current.parallel:
+        return value
+    import torch.distributed as dist
+
+    box = [value if current.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def label(current: World | None = None) -> str:
+    """`flowlens` in a single process, `flowlens[rank 1/4]` in a launch: the prefix of every printed line."""
+    current = current or world()
+    return f"flowlens[rank {current.rank}/{current.size}]" if current.parallel else "flowlens"
+
+
+class Stopped(BaseException):
+    """The launcher asked this rank to stop (SIGTERM: torchrun does so when another rank dies)."""
+
+
+def on_stop(current: World | None = None) -> Any:
+    """In a launch, turn SIGTERM into `Stopped` (so shards close and the rank says where it was); returns
+    the previous handler for `restore_stop` (None when nothing was changed)."""
+    current = current or world()
+    if not current.parallel:
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _raise_stopped)
+    except ValueError:  # not the main thread: leave the default
+        return None
+
+
+def restore_stop(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise Stopped()
+
+
+FAULT = "FLOWLENS_TEST_FAULT"  # "<rank>:<samples>:kill|raise": tests make a rank die after that many samples
+
+
+def fault_point(current: World, written: int) -> None:
+    """Test hook: with `FLOWLENS_TEST_FAULT=1:2:kill`, rank 1 kills itself (SIGKILL) after writing two
+    samples, while on its third (`raise`: it raises instead). Does nothing without the variable."""
+    spec = os.environ.get(FAULT)
+    if not spec:
+        return
+    rank, after, how = spec.split(":")
+    if int(rank) == current.rank and int(after) == written:
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(f"fault injected by {FAULT}={spec}")
+
+
 def device(requested: str | None, current: World | None = None) -> str | None:
     """The device a rank loads its model on: `cuda` (or `auto` with CUDA) becomes this rank's own GPU."""
     current = current or world()
@@ -122,6 +185,63 @@ def read_statuses(path: Path) -> dict[int, dict[str, Any]]:
             except (OSError, ValueError):
                 continue
     return dict(sorted(out.items()))
+
+
+def describe(path: Path, current: World) -> str:
+    """What each rank of this launch was doing, from the status files (`rank 1: working on sample 'x', 3 done`)."""
+    statuses = read_statuses(path)
+    parts = []
+    for rank in range(current.size):
+        status = statuses.get(rank)
+        who = f"rank {rank}" + (" (this rank)" if rank == current.rank else "")
+        if status is None:
+            parts.append(f"{who}: no sample started")
+        elif status.get("finished"):
+            parts.append(f"{who}: finished ({status.get('done', 0)} samples)")
+        else:
+            what = f"sample {status.get('working')!r}" if status.get("working") else "no sample"
+            error = f", failed: {status['error']}" if status.get("error") else ""
+            parts.append(f"{who}: stopped on {what} after {status.get('done', 0)} samples{error}")
+    return "; ".join(parts)
+
+
+def wait_for_ranks(path: Path, current: World, progress: Callable[[int], None] | None = None) -> None:
+    """Wait (in Python, so SIGTERM still stops it) until every rank of this launch has finished its
+    share, calling `progress(samples done over all ranks)`; rank 0 raises `LaunchStoppedError` as soon as
+    a rank reports an error or its process is gone from this machine."""
+    from flowlens.errors import LaunchStoppedError
+
+    host = socket.gethostname()
+    while True:
+        statuses = read_statuses(path)
+        mine = [statuses.get(rank, {}) for rank in range(current.size)]
+        if all(status.get("finished") for status in mine):
+            return
+        if progress is not None:
+            progress(sum(int(status.get("done", 0)) for status in mine))
+        for rank, status in enumerate(mine):
+            if status.get("finished") or not current.main:
+                continue
+            gone = status.get("host") == host and not _alive(int(status.get("pid", 0)))
+            if status.get("error") or gone:
+                why = "failed" if status.get("error") else f"died (process {status.get('pid')} is gone)"
+                raise LaunchStoppedError(
+                    f"rank {rank} {why}: {describe(path, current)}; finished samples are kept in the shard "
+                    "files: rerun with --resume (on any number of ranks)"
+                )
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # unknown: assume it runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def clear_statuses(path: Path) -> None:

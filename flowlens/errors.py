@@ -35,6 +35,10 @@ class DiskFullError(FlowlensError):
     """The file system refused to store more (disk full, quota, file size limit); the CLI exits 4."""
 
 
+class LaunchStoppedError(FlowlensError):
+    """A rank of a multi-process launch died (or the launcher stopped this one); the CLI exits 4."""
+
+
 class NothingToDoError(FlowlensError):
     """Nothing could be run: no sample selected, or no sample succeeded where one was needed; the CLI exits 3."""
 
@@ -44,7 +48,7 @@ EXIT_OK = 0  # every sample succeeded
 EXIT_SOME_FAILED = 1  # some samples failed (reasons in the run file); the others are written
 EXIT_USAGE = 2  # bad arguments or input found before any work
 EXIT_NOTHING = 3  # no sample succeeded, or nothing to do
-EXIT_INTERNAL = 4  # a bug, a dependency that broke a mechanism (CompatError), or a full disk (DiskFullError)
+EXIT_INTERNAL = 4  # a bug, a broken mechanism (CompatError), a full disk (DiskFullError), a rank that died
 
 # Write errors that mean "no room": what the CLI then says is wrong.
 NO_SPACE = {

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,7 +31,14 @@ from tqdm.auto import tqdm
 from flowlens import distributed
 from flowlens.compat import CompatError
 from flowlens.data.sample import Sample
-from flowlens.errors import DiskFullError, FlowlensError, NothingToDoError, SampleError, UsageError
+from flowlens.errors import (
+    DiskFullError,
+    FlowlensError,
+    LaunchStoppedError,
+    NothingToDoError,
+    SampleError,
+    UsageError,
+)
 from flowlens.store.hdf5 import RunWriter
 from flowlens.store.run import Run, open_run
 
@@ -102,11 +111,13 @@ class RunControl:
                 raise UsageError("--resume needs --out: the folder of the run to continue")
             return
         path = Path(self.out) / run_file
-        if self.resume and not path.is_file():
+        shards = distributed.shards(path)  # a killed multi-rank launch leaves only its shards
+        if self.resume and not (path.is_file() or shards):
             raise UsageError(f"nothing to resume: {path} does not exist")
-        if path.exists() and not (self.resume or self.overwrite):
+        if (path.exists() or shards) and not (self.resume or self.overwrite):
+            found = path if path.exists() else shards[0]
             raise UsageError(
-                f"{path} already exists: add --resume to continue it or --overwrite to replace it"
+                f"{found} already exists: add --resume to continue it or --overwrite to replace it"
             )
 
     def kwargs(self) -> dict[str, Any]:
@@ -182,44 +193,51 @@ def run_over_samples(
     samples = list(samples)
     if not samples and not load_failures:
         raise NothingToDoError("no samples to run: the dataset selection is empty")
+    done: set[str] = set()
+    stale: list[Path] = []  # earlier launches' shards (none after an overwrite)
     if current.main:
         _prepare_launch(path, config, lm, resume, overwrite)
-    distributed.barrier(current)
-    stale = distributed.shards(path)  # earlier launches' shards, and this one's after an overwrite: none
+        stale = distributed.shards(path)
+        done = _finished_in(path, stale)
+    # every rank gets rank 0's view, read before any rank writes: they agree on the samples left to run
+    done, stale = distributed.share((done, stale) if current.main else None, current)
     target = distributed.shard_path(path, current.rank) if current.parallel else path
-    done = _finished_elsewhere(path, target, stale)
     own_resume = (resume and not current.parallel) or (current.parallel and target.exists())
-    with RunWriter(
-        target, config, model_info(lm), resume=own_resume, overwrite=overwrite and not current.parallel
-    ) as writer:
-        if current.main:
-            for failure in load_failures:
-                writer.write_failure(
-                    f"{Path(failure.source).name}:{failure.line}",
-                    failure.reason,
-                    {"line": failure.line, "source": str(failure.source)},
-                )
-        done |= set(writer.completed_ids())
-        todo = [s for s in samples if str(s.id) not in done]
-        mine = todo[current.rank :: current.size]
-        bar = tqdm(
-            total=len(todo),
-            desc=str(config["analysis"]),
-            unit="sample",
-            disable=not (progress and current.main),
-        )
-        try:
-            for n, sample in enumerate(mine):
-                if current.parallel:
-                    distributed.write_status(path, current.rank, working=str(sample.id), done=n)
-                _run_one(writer, sample, write_one)
-                bar.update(_progress(path, current, n + 1) - bar.n)
-        except BaseException:
-            bar.close()  # the error line then starts on a line of its own
-            raise
-        if current.parallel:
-            distributed.write_status(path, current.rank, working=None, done=len(mine), finished=True)
-    distributed.barrier(current)  # every rank done and its shard closed: rank 0 merges
+    previous = distributed.on_stop(current)
+    try:
+        with RunWriter(
+            target, config, model_info(lm), resume=own_resume, overwrite=overwrite and not current.parallel
+        ) as writer:
+            if current.main:
+                for failure in load_failures:
+                    writer.write_failure(
+                        f"{Path(failure.source).name}:{failure.line}",
+                        failure.reason,
+                        {"line": failure.line, "source": str(failure.source)},
+                    )
+            todo = [s for s in samples if str(s.id) not in done]
+            mine = todo[current.rank :: current.size]
+            bar = tqdm(
+                total=len(todo),
+                desc=str(config["analysis"]),
+                unit="sample",
+                disable=not (progress and current.main),
+            )
+            try:
+                _run_share(writer, mine, write_one, path, current, bar)
+                if current.parallel:  # every rank done and its shard closed: then rank 0 merges
+                    distributed.wait_for_ranks(path, current, lambda n: bar.update(n - bar.n))
+            except BaseException:
+                bar.close()  # the error line then starts on a line of its own
+                raise
+        distributed.barrier(current)
+    except distributed.Stopped:
+        raise LaunchStoppedError(
+            f"the launcher stopped this rank (another rank failed?): {distributed.describe(path, current)}; "
+            "finished samples are kept in the shard files: rerun with --resume (on any number of ranks)"
+        ) from None
+    finally:
+        distributed.restore_stop(previous)
     bar.update(len(todo) - bar.n)
     bar.close()
     if current.main and (current.parallel or stale):
@@ -233,11 +251,39 @@ def run_over_samples(
     return run
 
 
+def _run_share(
+    writer: RunWriter,
+    mine: list[Sample],
+    write_one: Callable[[RunWriter, Sample], None],
+    path: Path,
+    current: distributed.World,
+    bar: Any,
+) -> None:
+    """Run this rank's samples; in a launch, keep its status file saying which sample it is on."""
+    where = {"pid": os.getpid(), "host": socket.gethostname()}
+    for n, sample in enumerate(mine):
+        if current.parallel:
+            distributed.write_status(path, current.rank, working=str(sample.id), done=n, **where)
+        try:
+            distributed.fault_point(current, n)
+            _run_one(writer, sample, write_one)
+        except Exception as exc:
+            if current.parallel:  # the other ranks and the next launch read where this one stopped
+                distributed.write_status(
+                    path, current.rank, working=str(sample.id), done=n, error=str(exc), **where
+                )
+                exc.add_note(f"rank {current.rank} was working on sample {str(sample.id)!r}")
+            raise
+        bar.update(_progress(path, current, n + 1) - bar.n)
+    if current.parallel:
+        distributed.write_status(path, current.rank, working=None, done=len(mine), finished=True, **where)
+
+
 def _run_one(writer: RunWriter, sample: Sample, write_one: Callable[[RunWriter, Sample], None]) -> None:
     """Write one sample, or record why it failed (a broken mechanism or a full disk stops the run)."""
     try:
         write_one(writer, sample)
-    except (CompatError, DiskFullError):
+    except (CompatError, DiskFullError, LaunchStoppedError):
         raise  # a broken mechanism or a full disk: every further sample would fail the same way
     except (SampleError, FlowlensError) as exc:
         video = sample.video if isinstance(sample.video, (str, Path)) else None
@@ -245,17 +291,17 @@ def _run_one(writer: RunWriter, sample: Sample, write_one: Callable[[RunWriter, 
 
 
 def _prepare_launch(path: Path, config: dict[str, Any], lm: VideoLM, resume: bool, overwrite: bool) -> None:
-    """Rank 0, before any rank writes: clear a run being overwritten, check a resumed one's settings, and
-    say what an earlier launch's ranks were doing when they stopped."""
+    """Rank 0, before any rank writes: clear a run being overwritten, check a resumed one's settings (run
+    file and every shard, whose half-written samples are dropped), and say what an earlier launch's ranks
+    were doing when they stopped."""
     if overwrite:
         for old in [path, *distributed.shards(path)]:
             old.unlink(missing_ok=True)
         distributed.clear_statuses(path)
         return
-    if resume and path.exists():
-        RunWriter(
-            path, config, model_info(lm), resume=True
-        ).close()  # refuses other settings now, not at the merge
+    for existing in [path, *distributed.shards(path)]:
+        if resume and existing.exists():  # refuses other settings now, not at the merge
+            RunWriter(existing, config, model_info(lm), resume=True).close()
     for rank, status in distributed.read_statuses(path).items():
         if status.get("working"):
             log.warning(
@@ -263,13 +309,14 @@ def _prepare_launch(path: Path, config: dict[str, Any], lm: VideoLM, resume: boo
                 rank,
                 status["working"],
             )
+    distributed.clear_statuses(path)  # this launch's progress counts only its own ranks
 
 
-def _finished_elsewhere(path: Path, target: Path, shards: list[Path]) -> set[str]:
-    """Ids complete in the run file and in every shard but this process's own (read without locking)."""
+def _finished_in(path: Path, shards: list[Path]) -> set[str]:
+    """Ids complete in the run file or in any shard (rank 0 reads them before any rank writes)."""
     done: set[str] = set()
     for other in [path, *shards]:
-        if other != target and other.exists():
+        if other.exists():
             with open_run(other) as run:
                 done.update(run.samples)
     return done

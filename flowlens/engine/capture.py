@@ -98,6 +98,13 @@ class FlowCapture:
             self.query_weights = self.query_weights.to(device)
         self._flow_means: np.ndarray | None = None
         self._unchecked = self.options.canary
+        self._copies: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(onehot, video, rows) on `device`: a layer placed on another device (a device map) gets its own copy."""
+        if device not in self._copies:
+            self._copies[device] = (self.onehot.to(device), self.video.to(device), self.rows.to(device))
+        return self._copies[device]
 
     # ------------------------------------------------------------------ handler
     def __call__(
@@ -116,7 +123,8 @@ class FlowCapture:
         gqa = key.shape[1] != heads
         if self.options.flows:
             out, mass = self._output_and_mass(query, key, value, mask, scaling, gqa)
-            self.flow_sums[layer] = torch.einsum("ts,hta->hsa", self.onehot, mass[0])
+            onehot = self._on(query.device)[0]
+            self.flow_sums[layer] = torch.einsum("ts,hta->hsa", onehot, mass[0]).to(self.onehot.device)
             if self._unchecked:
                 self._check(module, query, key, value, mask, scaling, out, mass)
         else:
@@ -151,9 +159,10 @@ class FlowCapture:
         """
         segments = self.onehot.shape[1]
         kv_heads = key.shape[1]
+        local = self._on(query.device)[0]
         causal = mask is None
         if value.dtype == torch.float32:
-            onehot = self.onehot.expand(1, kv_heads, -1, -1)
+            onehot = local.expand(1, kv_heads, -1, -1)
             fused = F.scaled_dot_product_attention(
                 F.pad(query, (0, segments)),
                 F.pad(key, (0, segments)),
@@ -171,7 +180,7 @@ class FlowCapture:
         mass = F.scaled_dot_product_attention(
             query.float(),
             key.float(),
-            self.onehot.expand(1, kv_heads, -1, -1),
+            local.expand(1, kv_heads, -1, -1),
             attn_mask=mask if float_mask is None else float_mask,
             is_causal=causal,
             scale=scaling,
@@ -240,14 +249,16 @@ class FlowCapture:
         scores), so working memory is H x chunk x T, never H x T x T.
         """
         keys = self._keys(query, key)
+        _, video, _ = self._on(query.device)
+        weights = self.query_weights.to(query.device)
         heads, t = keys.shape[0], keys.shape[1]
         chunk = max(1, CHUNK_BYTES // (heads * t * 4 * 3))
         total = torch.zeros(heads, len(RECEIVED_QUERIES), self.video.numel(), device=keys.device)
         for start in range(0, t, chunk):
             rows = torch.arange(start, min(t, start + chunk), device=keys.device)
-            probs = self._probabilities(query, keys, mask, scaling, rows)[:, :, self.video]  # (H, C, V)
-            total += torch.einsum("hcv,sc->hsv", probs, self.query_weights[:, rows])
-        self.received[layer] = total
+            probs = self._probabilities(query, keys, mask, scaling, rows)[:, :, video]  # (H, C, V)
+            total += torch.einsum("hcv,sc->hsv", probs, weights[:, rows])
+        self.received[layer] = total.to(self.onehot.device)
 
     def _record_rollout(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float
@@ -264,8 +275,10 @@ class FlowCapture:
         t, heads, kv_heads = query.shape[2], query.shape[1], key.shape[1]
         if self._rollout is None:
             self._rollout = torch.zeros(t, self.video.numel(), dtype=torch.float32, device=query.device)
-            self._rollout[self.video, torch.arange(self.video.numel(), device=query.device)] = 1.0
-        rollout = self._rollout
+            self._rollout[
+                self.video.to(query.device), torch.arange(self.video.numel(), device=query.device)
+            ] = 1.0
+        rollout = self._rollout.to(query.device)  # a device map moves the running product with the layers
         float_mask = mask if mask is None or mask.dtype == torch.bool else mask.float()
         group = heads // kv_heads
         step = max(1, min(group, CHUNK_BYTES // max(1, t * rollout.shape[1] * 4)))
@@ -289,18 +302,20 @@ class FlowCapture:
         sets = [torch.as_tensor(query_positions(self.layout, name)) for name in ROLLOUT_QUERIES]
         self.rollout_rows[layer] = torch.stack(
             [self._rollout[rows.to(query.device)].mean(0) for rows in sets]
-        )
+        ).to(self.onehot.device)
 
     def _record_rows(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float
     ) -> None:
         """Explicit probabilities of the few rows kept whole: `last` and the question tokens, over video keys."""
-        probs = self._probabilities(query, self._keys(query, key), mask, scaling, self.rows)
-        probs = probs[:, :, self.video]  # (H, R, V)
+        _, video, rows = self._on(query.device)
+        probs = self._probabilities(query, self._keys(query, key), mask, scaling, rows)
+        probs = probs[:, :, video]  # (H, R, V)
+        home = self.onehot.device  # results gather on one device, whatever device each layer runs on
         if self.options.last_to_video:
-            self.last_rows[layer] = probs[:, -1].clone()
+            self.last_rows[layer] = probs[:, -1].to(home, copy=True)
         if self.options.question_to_video:
-            self.question_rows[layer] = probs[:, :-1].mean(0)
+            self.question_rows[layer] = probs[:, :-1].mean(0).to(home)
 
     # ------------------------------------------------------------------ results
     def segment_flow(self) -> np.ndarray:

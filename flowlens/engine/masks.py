@@ -132,7 +132,7 @@ class EdgeMask:
         for b, knockouts in enumerate(active):
             for knockout in knockouts:
                 target = slice(None) if knockout.heads is None else list(knockout.heads)
-                allowed[b, target] &= knockout.rows(q_len, k_len)
+                allowed[b, target] &= knockout.rows(q_len, k_len).to(query.device)  # the layer's device
         _keep_diagonal(allowed, q_len, k_len)
         out, _ = compat.sdpa_attention(module, query, key, value, allowed, scaling=scaling)
         return out

@@ -44,9 +44,9 @@ class ResidualCapture:
             if hidden.shape[0] != self.frame_mean.shape[1]:
                 return  # a decode step, not the traced prefill
             self.last_rows[layer] = hidden[self.last].float().cpu()
-            self.frame_rows[layer] = (self.frame_mean @ hidden.float()).cpu()
+            self.frame_rows[layer] = (self.frame_mean.to(hidden.device) @ hidden.float()).cpu()
             if layer in self.video_layers:
-                self.video_rows[layer] = hidden[self.video].float().cpu()
+                self.video_rows[layer] = hidden[self.video.to(hidden.device)].float().cpu()
 
         return record
 

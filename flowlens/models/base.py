@@ -172,7 +172,12 @@ class VideoLM:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embeddings' device (under a device map, the first placed on a real device)."""
+        weight = self.model.get_input_embeddings().weight
+        if weight.device.type != "meta":
+            return weight.device
+        placed = (p.device for p in self.model.parameters() if p.device.type != "meta")
+        return next(placed, torch.device("cpu"))  # everything offloaded: accelerate computes on the CPU
 
     @property
     def dtype(self) -> torch.dtype:

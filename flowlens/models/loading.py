@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from flowlens.errors import FlowlensError, ModelNotFoundError
+from flowlens.errors import FlowlensError, ModelNotFoundError, UsageError
 from flowlens.models.base import VideoLM
 from flowlens.models.prompt import PromptTemplate
 from flowlens.models.registry import adapter_for_architecture, supported_families
@@ -36,16 +36,22 @@ def load(
     revision: str | None = None,
     trust_remote_code: bool = False,
     layers: int | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> VideoLM:
     """Load a video LLM with its processor and flowlens adapter.
 
     `name_or_path`: a Hugging Face id (`llava-hf/LLaVA-NeXT-Video-7B-hf`), a local folder, or
     `tiny:<family>` (random weights, built locally; `layers` sets its language-model depth).
     `dtype` defaults to float32 on CPU and bfloat16 on GPU. `trust_remote_code` is passed to
-    transformers only when you set it.
+    transformers only when you set it. `device_map` (`auto`, `balanced`, or {module: device}) spreads
+    one model over devices with accelerate (instead of `device`); modules mapped to `disk` are kept in
+    `offload_folder`.
     """
+    if device_map is not None and device is not None:
+        raise UsageError("give --device or --device-map, not both: a device map places every module itself")
     source = _resolve_source(name_or_path, layers)
-    torch_dtype = _resolve_dtype(dtype, device)
+    torch_dtype = _resolve_dtype(dtype, device if device_map is None else _map_device(device_map))
     local_only = not Path(source).is_dir() and not hub_reachable()
     if local_only:
         _require_cached(source, revision)
@@ -55,7 +61,10 @@ def load(
     if not architectures:
         raise FlowlensError(f"{name_or_path}: config.json names no architecture; is this a model folder?")
     adapter_cls = adapter_for_architecture(architectures[0])
-    model = _from_pretrained(adapter_cls.model_class(), source, name_or_path, dtype=torch_dtype, **hub)
+    placed = {} if device_map is None else _device_map_kwargs(device_map, offload_folder)
+    model = _from_pretrained(
+        adapter_cls.model_class(), source, name_or_path, dtype=torch_dtype, **hub, **placed
+    )
     processor = _load_processor(source, name_or_path, **hub)
     model.eval()
     if device is not None:
@@ -63,6 +72,36 @@ def load(
     lm = VideoLM(model, processor, adapter_cls(model, processor), name=name_or_path, revision=revision)
     lm.template = _prompt_template(source) or lm.template
     return lm
+
+
+def _map_device(device_map: str | dict[str, Any]) -> str:
+    """The device that decides the default dtype of a device-mapped model: a GPU if the map uses one."""
+    if isinstance(device_map, dict):
+        used = {str(v) for v in device_map.values()}
+        return "cuda" if any(v not in ("cpu", "disk", "meta") for v in used) else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device_map_kwargs(device_map: str | dict[str, Any], offload_folder: str | Path | None) -> dict[str, Any]:
+    """from_pretrained keywords for accelerate's placement (refused clearly when accelerate is missing)."""
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise UsageError("--device-map needs accelerate: pip install accelerate (or 'flowlens[scale]')")
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise UsageError(
+            f"--device-map {device_map!r}: use one of {', '.join(DEVICE_MAPS)} or a JSON mapping"
+        )
+    kwargs: dict[str, Any] = {"device_map": device_map}
+    disk = isinstance(device_map, dict) and "disk" in {str(v) for v in device_map.values()}
+    if disk or offload_folder is not None:
+        if offload_folder is None:
+            raise UsageError("a device map with 'disk' needs an offload folder (offload_folder=...)")
+        kwargs["offload_folder"] = str(offload_folder)
+    return kwargs
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 def _resolve_source(name: str, layers: int | None) -> str:
