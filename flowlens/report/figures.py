@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from flowlens.report.plain import typed
 from flowlens.store.edges import EDGES
 from flowlens.store.run import Run
 
@@ -96,60 +98,64 @@ def frame_flow_figure(mean: FrameFlowMean) -> go.Figure:
     return figure
 
 
-def edge_figure(summary: pd.DataFrame) -> go.Figure:
-    """Mean flow over layers per summary edge, with a band of one standard deviation across samples."""
-    figure = go.Figure()
+def edge_figure(summary: pd.DataFrame) -> dict[str, Any]:
+    """Mean flow over layers per summary edge, with a band of one standard deviation across samples.
+
+    A plain figure dict (`flowlens.report.plain`): every per-sample page builds one.
+    """
+    data: list[dict[str, Any]] = []
     stats = (
         summary.groupby(["edge", "layer"], observed=True)["value"].agg(["mean", "std", "count"]).reset_index()
     )
-    for i, edge in enumerate(e for e in EDGES if e in set(stats["edge"])):
+    present = set(stats["edge"])
+    for i, edge in enumerate(e for e in EDGES if e in present):
         rows = stats[stats["edge"] == edge].sort_values("layer")
         layers = rows["layer"].to_numpy() + 1  # 1-based, as the paper's figures
         mean, std = rows["mean"].to_numpy(), rows["std"].fillna(0.0).to_numpy()
         color = PALETTE[i % len(PALETTE)]
         visible = True if edge in SHOWN_EDGES else "legendonly"
-        band_x = np.concatenate([layers, layers[::-1]])
-        band_y = np.concatenate([mean + std, (mean - std)[::-1]])
-        figure.add_trace(
-            go.Scatter(
-                x=band_x,
-                y=band_y,
-                mode="lines",
-                fill="toself",
-                fillcolor=rgba(color, 0.18),
-                line={"width": 0},
-                hoverinfo="skip",
-                legendgroup=edge,
-                showlegend=False,
-                visible=visible,
-            )
+        data.append(
+            {
+                "type": "scatter",
+                "x": typed(np.concatenate([layers, layers[::-1]]), "i4"),
+                "y": typed(np.concatenate([mean + std, (mean - std)[::-1]]), "f8"),
+                "mode": "lines",
+                "fill": "toself",
+                "fillcolor": rgba(color, 0.18),
+                "line": {"width": 0},
+                "hoverinfo": "skip",
+                "legendgroup": edge,
+                "showlegend": False,
+                "visible": visible,
+            }
         )
-        figure.add_trace(
-            go.Scatter(
-                x=layers,
-                y=mean,
-                mode="lines+markers",
-                name=edge,
-                line={"color": color},
-                legendgroup=edge,
-                visible=visible,
-                customdata=np.stack([std, rows["count"].to_numpy()], axis=-1),
-                hovertemplate="layer %{x}<br>mean %{y:.4f}<br>sd %{customdata[0]:.4f}<br>"
+        data.append(
+            {
+                "type": "scatter",
+                "x": typed(layers, "i4"),
+                "y": typed(mean, "f8"),
+                "mode": "lines+markers",
+                "name": edge,
+                "line": {"color": color},
+                "legendgroup": edge,
+                "visible": visible,
+                "customdata": typed(np.stack([std, rows["count"].to_numpy()], axis=-1), "f8"),
+                "hovertemplate": "layer %{x}<br>mean %{y:.4f}<br>sd %{customdata[0]:.4f}<br>"
                 "n %{customdata[1]}<extra>" + edge + "</extra>",
-            )
+            }
         )
-    figure.update_layout(
-        template=TEMPLATE,
-        title={
+    layout = {
+        "template": TEMPLATE,
+        "title": {
             "text": "Attention flow over layers (mean over heads and samples; band: ±1 SD across samples)"
         },
-        xaxis={"title": {"text": "layer (1-based, as in the paper)"}, "dtick": 1},
-        yaxis={"title": {"text": "attention mass"}, "rangemode": "tozero"},
-        height=480,
-        margin={"l": 70, "r": 30, "t": 60, "b": 40},
-        legend={"title": {"text": "edge (click to show/hide)"}},
-    )
-    return figure
+        "xaxis": {"title": {"text": "layer (1-based, as in the paper)"}, "dtick": 1},
+        "yaxis": {"title": {"text": "attention mass"}, "rangemode": "tozero"},
+        "height": 480,
+        "margin": {"l": 70, "r": 30, "t": 60, "b": 40},
+        "legend": {"title": {"text": "edge (click to show/hide)"}},
+    }
+    return {"data": data, "layout": layout}
 
 
 def _frame_title(layer: int) -> str:

@@ -53,6 +53,7 @@ class SampleTrace:
     - `resid_video` {layer: (V, D)} every video token at the chosen layers (optional).
     - `activations` {hook name: {group: (rows, D)}}: what `--activations` selected (optional; rows are the
       group's positions in order, or one per frame group for `frame_mean`).
+    - `thumbnails` (n_sampled, h, w, 3) uint8: the sampled frames, shrunk, for the report (optional).
     """
 
     sample_id: str
@@ -67,6 +68,7 @@ class SampleTrace:
     resid_video: dict[int, np.ndarray] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     activations: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    thumbnails: np.ndarray | None = None
 
     @property
     def segments(self) -> list[str]:

@@ -40,6 +40,8 @@ ARRAYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "resid_last": ("float16", ("layer", "d_model")),
     "resid_frame_mean": ("float16", ("layer", "frame", "d_model")),
 }
+THUMBNAILS = "thumbnails"  # optional (frame, y, x, rgb) uint8: the sampled frames, shrunk, for the report
+THUMBNAIL_AXES = ("frame", "y", "x", "rgb")
 RESID_VIDEO_DTYPE = "float16"
 RESID_VIDEO_AXES = ("video_token", "d_model")
 ACTIVATIONS = "activations"  # activations/<hook name>/<group>: (rows, d_model) float16 or float32
