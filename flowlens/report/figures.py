@@ -53,7 +53,7 @@ def mean_frame_flow(run: Run) -> FrameFlowMean | None:
     return FrameFlowMean(total / len(used), len(used), len(run.traced))
 
 
-def frame_flow_figure(mean: FrameFlowMean) -> go.Figure:
+def frame_flow_figure(mean: FrameFlowMean, what: str = "mean over heads and samples") -> go.Figure:
     """Heatmap of target frame (rows) x source frame (columns) with a slider over layers, one colour scale."""
     values = mean.values
     n_layers, n_frames = values.shape[0], values.shape[1]
@@ -75,13 +75,13 @@ def frame_flow_figure(mean: FrameFlowMean) -> go.Figure:
         {
             "method": "update",
             "label": str(layer + 1),
-            "args": [{"z": [values[layer]]}, {"title.text": _frame_title(layer)}],
+            "args": [{"z": [values[layer]]}, {"title.text": _frame_title(layer, what)}],
         }
         for layer in range(n_layers)
     ]
     figure.update_layout(
         template=TEMPLATE,
-        title={"text": _frame_title(0)},
+        title={"text": _frame_title(0, what)},
         xaxis={"title": {"text": "source frame (key)"}, "type": "category", "constrain": "domain"},
         yaxis={
             "title": {"text": "target frame (query)"},
@@ -98,7 +98,7 @@ def frame_flow_figure(mean: FrameFlowMean) -> go.Figure:
     return figure
 
 
-def edge_figure(summary: pd.DataFrame) -> dict[str, Any]:
+def edge_figure(summary: pd.DataFrame, title: str | None = None) -> dict[str, Any]:
     """Mean flow over layers per summary edge, with a band of one standard deviation across samples.
 
     A plain figure dict (`flowlens.report.plain`): every per-sample page builds one.
@@ -147,7 +147,8 @@ def edge_figure(summary: pd.DataFrame) -> dict[str, Any]:
     layout = {
         "template": TEMPLATE,
         "title": {
-            "text": "Attention flow over layers (mean over heads and samples; band: ±1 SD across samples)"
+            "text": title
+            or "Attention flow over layers (mean over heads and samples; band: ±1 SD across samples)"
         },
         "xaxis": {"title": {"text": "layer (1-based, as in the paper)"}, "dtick": 1},
         "yaxis": {"title": {"text": "attention mass"}, "rangemode": "tozero"},
@@ -158,8 +159,8 @@ def edge_figure(summary: pd.DataFrame) -> dict[str, Any]:
     return {"data": data, "layout": layout}
 
 
-def _frame_title(layer: int) -> str:
-    return f"Frame × frame flow, layer {layer + 1} of 1-based layers (mean over heads and samples)"
+def _frame_title(layer: int, what: str) -> str:
+    return f"Frame × frame flow, layer {layer + 1} of 1-based layers ({what})"
 
 
 def rgba(color: str, alpha: float) -> str:

@@ -71,9 +71,13 @@ def sample_context(run: Run, sample: str, summary: pd.DataFrame | None) -> dict[
         figures["sample-video"] = video
     flow = run.array(sample, "frame_flow").astype(np.float64).mean(axis=1)
     if flow.shape[1]:
-        figures["sample-frames"] = frame_flow_figure(FrameFlowMean(flow, 1, 1))
+        figures["sample-frames"] = frame_flow_figure(
+            FrameFlowMean(flow, 1, 1), "this sample, mean over heads"
+        )
     if summary is not None and len(summary):
-        figures["sample-edges"] = edge_figure(summary)
+        figures["sample-edges"] = edge_figure(
+            summary, "Attention flow over layers (this sample, mean over heads)"
+        )
     shown = {k: v for k, v in metadata.items() if k not in ("question", "options")}
     return {
         "sample": sample,
