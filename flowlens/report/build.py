@@ -127,7 +127,9 @@ def export_figures(run_file: Path, folder: Path, formats: tuple[str, ...] = ("pn
     try:
         import kaleido  # noqa: F401
     except ImportError as exc:
-        raise FlowlensError("--figures needs kaleido: pip install 'flowlens[report]'") from exc
+        raise FlowlensError(
+            "--figures needs kaleido (and a Chrome or Chromium): pip install 'flowlens[report]'"
+        ) from exc
     import plotly.io as pio
 
     folder.mkdir(parents=True, exist_ok=True)

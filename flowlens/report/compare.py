@@ -144,7 +144,7 @@ def _edge_section(runs: list[Run], labels: list[str]) -> Section:
         "edge per layer (mean over heads and samples, the trace's definition), both runs on one layer axis; "
         "click the legend for the other edges."
     )
-    return Section("compare-edges", "Flow over layers: A against B", caption, {"compare-edges": figure})
+    return Section("flow", "Flow over layers: A against B", caption, {"compare-edges": figure})
 
 
 def _knockout_section(runs: list[Run], labels: list[str]) -> Section:
@@ -204,4 +204,4 @@ def _knockout_section(runs: list[Run], labels: list[str]) -> Section:
         "attention edges in a window around the centre layer (same window and blocks in both runs); the change "
         "in p(clean prediction) over the baseline-correct samples as in the paper, 95% bootstrap bands."
     )
-    return Section("compare-knockout", "Knockout: A against B", caption, {"compare-knockout": figure})
+    return Section("knockout", "Knockout: A against B", caption, {"compare-knockout": figure})
