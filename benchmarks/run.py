@@ -12,6 +12,7 @@ import torch
 from benchmarks.activations_speed import bench_activations
 from benchmarks.knockout_speed import bench_canary_cost, bench_knockout_speed
 from benchmarks.lens_speed import bench_lens_speed
+from benchmarks.report_size import bench_report_size
 from benchmarks.trace_speed import bench_trace_speed
 
 RESULTS = Path(__file__).parent / "results"
@@ -71,6 +72,7 @@ def main() -> None:
             "cross_frame_and_vql_to_ql_32_layers": bench_canary_cost(repeats=1),
         },
         "lens_speed.json": {"meta": meta, "lens_run_dir_64_toy_samples": bench_lens_speed()},
+        "report_size.json": {"meta": meta, "report_of_1000_samples": bench_report_size()},
     }
     for name, result in results.items():
         path = RESULTS / name

@@ -307,7 +307,9 @@ def pathway_figure(rows: list[dict[str, Any]], clean: float | None) -> go.Figure
     families: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         family, _, where = row["condition"].partition("@")
-        label = where or (f"{row['kept_fraction']:.3f} kept" if row["kept_fraction"] is not None else "all")
+        label = f"threshold {where}" if where else "no threshold"
+        if label in families.get(family, {}) and row["kept_fraction"] is not None:
+            label = f"{label}, {row['kept_fraction']:.3f} kept"
         families.setdefault(family, {})[label] = row
     labels = list(dict.fromkeys(label for family in families.values() for label in family))
     for i, (family, by_label) in enumerate(families.items()):
@@ -340,7 +342,10 @@ def pathway_figure(rows: list[dict[str, Any]], clean: float | None) -> go.Figure
         title={
             "text": "Accuracy with only the pathway's edges kept, beside random blocking of as many edges"
         },
-        xaxis={"title": {"text": "threshold (or kept fraction)"}, "type": "category"},
+        xaxis={
+            "title": {"text": "--auto threshold (% drop in p(prediction) that keeps an edge group)"},
+            "type": "category",
+        },
         yaxis={"title": {"text": "accuracy (%)"}, "range": [0, 100]},
         height=420,
         margin=_MARGIN,
