@@ -60,9 +60,33 @@ def write_run(path: Path, samples: int) -> None:
                         letters, probs, letters[int(probs.argmax())], "A", letters[int(probs.argmax())] == "A"
                     ),
                     metadata={"task": "bench", "question": f"question {i}?", "options": ["a", "b", "c", "d"]},
-                    thumbnails=rng.integers(0, 256, (8, 96, 96, 3), dtype=np.uint8),
+                    thumbnails=clip(rng),
                 )
             )
+
+
+def clip(rng: np.random.Generator) -> np.ndarray:
+    """8 frames of 96 x 96 like the synthetic dataset's: a flat background and a bright square that moves."""
+    frames = np.empty((8, 96, 96, 3), dtype=np.uint8)
+    frames[:] = rng.integers(40, 120, 3, dtype=np.uint8)
+    y, x = rng.integers(0, 72, 2)
+    colour = rng.integers(150, 256, 3, dtype=np.uint8)
+    for t in range(8):
+        frames[t, y : y + 24, (x + 3 * t) % 72 : (x + 3 * t) % 72 + 24] = colour
+    return frames
+
+
+def plotly_baseline(folder: Path) -> Path:
+    """A page holding plotly.js (inlined) and one tiny plot: what any self-contained plotly page costs to open."""
+    from plotly.offline import get_plotlyjs
+
+    page = folder / "plotly_only.html"
+    page.write_text(
+        f"<!doctype html><html><head><script>{get_plotlyjs()}</script></head><body><div id='f'></div><script>"
+        "window.flowlensFigures=['f'];Plotly.newPlot('f',[{y:[1,3,2]}]).then(()=>{window.flowlensDone=true;});"
+        "</script></body></html>"
+    )
+    return page
 
 
 def bench_report_size(samples: int = SAMPLES, opens: int = 3) -> dict:
@@ -72,16 +96,17 @@ def bench_report_size(samples: int = SAMPLES, opens: int = 3) -> dict:
     with tempfile.TemporaryDirectory(prefix="flowlens-bench-report-") as tmp:
         folder = Path(tmp)
         write_run(folder / "trace.h5", samples)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with contextlib.redirect_stdout(io.StringIO()) as said:
             assert main(["report", str(folder)]) == 0
-        build_s = time.perf_counter() - start
+        build_s, build_cpu_s = time.perf_counter() - start, time.process_time() - cpu
         report = folder / "trace.html"
         pages = folder / "trace_samples"
         result = {
             "samples": samples,
             "cli_said": said.getvalue().strip(),
             "build_s": round(build_s, 2),
+            "build_cpu_s": round(build_cpu_s, 2),
             "report_mb": round(report.stat().st_size / 1e6, 2),
             "sample_pages": len(list(pages.glob("*.html"))),
             "sample_page_kb_median": round(
@@ -105,6 +130,7 @@ def bench_report_size(samples: int = SAMPLES, opens: int = 3) -> dict:
                 page_times.append(time.perf_counter() - t)
                 opened.page.close()
             sample = open_report(context, next(pages.glob("sample-00500.html")))
+            baseline = [open_report(context, plotly_baseline(folder)).seconds for _ in range(opens)]
             result.update(
                 {
                     "open_s_median": round(statistics.median(times), 2),
@@ -112,6 +138,7 @@ def bench_report_size(samples: int = SAMPLES, opens: int = 3) -> dict:
                     "next_page_s_median": round(statistics.median(page_times), 3),
                     "page_2_label": label,
                     "sample_page_open_s": round(sample.seconds, 2),
+                    "plotly_only_open_s_median": round(statistics.median(baseline), 2),
                     "js_errors": errors + sample.errors,
                 }
             )

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 
 from flowlens.report.plain import typed
 from flowlens.store.edges import EDGES
@@ -53,49 +52,50 @@ def mean_frame_flow(run: Run) -> FrameFlowMean | None:
     return FrameFlowMean(total / len(used), len(used), len(run.traced))
 
 
-def frame_flow_figure(mean: FrameFlowMean, what: str = "mean over heads and samples") -> go.Figure:
-    """Heatmap of target frame (rows) x source frame (columns) with a slider over layers, one colour scale."""
+def frame_flow_figure(mean: FrameFlowMean, what: str = "mean over heads and samples") -> dict[str, Any]:
+    """Heatmap of target frame (rows) x source frame (columns) with a slider over layers, one colour scale.
+
+    A plain figure dict (`flowlens.report.plain`): every per-sample page builds one.
+    """
     values = mean.values
     n_layers, n_frames = values.shape[0], values.shape[1]
     labels = [str(f) for f in range(n_frames)]
-    hover = "target frame %{y}<br>source frame %{x}<br>flow %{z:.4f}<extra></extra>"
-    figure = go.Figure(
-        go.Heatmap(
-            z=values[0],
-            x=labels,
-            y=labels,
-            zmin=0.0,
-            zmax=float(values.max()) or 1.0,
-            colorscale="Viridis",
-            colorbar={"title": {"text": "flow"}},
-            hovertemplate=hover,
-        )
-    )
     steps = [
         {
             "method": "update",
             "label": str(layer + 1),
-            "args": [{"z": [values[layer]]}, {"title.text": _frame_title(layer, what)}],
+            "args": [{"z": [typed(values[layer], "f8")]}, {"title.text": _frame_title(layer, what)}],
         }
         for layer in range(n_layers)
     ]
-    figure.update_layout(
-        template=TEMPLATE,
-        title={"text": _frame_title(0, what)},
-        xaxis={"title": {"text": "source frame (key)"}, "type": "category", "constrain": "domain"},
-        yaxis={
+    heatmap = {
+        "type": "heatmap",
+        "z": typed(values[0], "f8"),
+        "x": labels,
+        "y": labels,
+        "zmin": 0.0,
+        "zmax": float(values.max()) or 1.0,
+        "colorscale": "Viridis",
+        "colorbar": {"title": {"text": "flow"}},
+        "hovertemplate": "target frame %{y}<br>source frame %{x}<br>flow %{z:.4f}<extra></extra>",
+    }
+    layout = {
+        "template": TEMPLATE,
+        "title": {"text": _frame_title(0, what)},
+        "xaxis": {"title": {"text": "source frame (key)"}, "type": "category", "constrain": "domain"},
+        "yaxis": {
             "title": {"text": "target frame (query)"},
             "type": "category",
             "autorange": "reversed",
             "scaleanchor": "x",
         },
-        sliders=[
+        "sliders": [
             {"active": 0, "currentvalue": {"prefix": "layer (1-based) "}, "pad": {"t": 40}, "steps": steps}
         ],
-        height=620,
-        margin={"l": 70, "r": 30, "t": 60, "b": 40},
-    )
-    return figure
+        "height": 620,
+        "margin": {"l": 70, "r": 30, "t": 60, "b": 40},
+    }
+    return {"data": [heatmap], "layout": layout}
 
 
 def edge_figure(summary: pd.DataFrame, title: str | None = None) -> dict[str, Any]:
