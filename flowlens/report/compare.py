@@ -107,6 +107,7 @@ def _edge_section(runs: list[Run], labels: list[str]) -> Section:
                     "type": "scatter",
                     "x": typed(np.concatenate([layers, layers[::-1]]), "i4"),
                     "y": typed(np.concatenate([mean + std, (mean - std)[::-1]]), "f8"),
+                    "mode": "lines",
                     "fill": "toself",
                     "fillcolor": rgba(color, 0.12),
                     "line": {"width": 0},
@@ -170,6 +171,7 @@ def _knockout_section(runs: list[Run], labels: list[str]) -> Section:
             figure.add_scatter(
                 x=np.concatenate([x[ok], x[ok][::-1]]),
                 y=np.concatenate([high[ok], low[ok][::-1]]),
+                mode="lines",
                 fill="toself",
                 fillcolor=rgba(color, 0.18),
                 line={"width": 0},

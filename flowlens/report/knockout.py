@@ -16,9 +16,6 @@ from flowlens.report.sections import Section, render_html, who
 from flowlens.store.knockout_summary import summarize_knockout
 from flowlens.store.run import Run
 
-MAX_FRACTIONS = (
-    12  # more distinct kept fractions than this: one pathways row per condition, fraction averaged
-)
 _MARGIN = {"l": 70, "r": 30, "t": 60, "b": 40}
 GREYS = ("#9aa3b5", "#c3c9d5", "#6f788c")
 LAYER_AXIS = "centre layer l+1 of the knocked-out window (1-based, as in the paper)"
@@ -199,19 +196,19 @@ def curve_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def pathway_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """Accuracy (and mean p_gt, kept edges) per condition and kept fraction, conditions in order of appearance."""
+    """Accuracy, mean p_gt and mean kept edges per condition (conditions in order of appearance).
+
+    A condition's kept fraction differs from sample to sample (each has its own number of edges), so rows
+    are per condition with the mean fraction; a threshold sweep names its conditions `name@threshold`.
+    """
     if "condition" not in table or "correct" not in table:
         return []
     table = table.assign(_correct=table["correct"].astype("boolean").astype("Float64"))
-    by = ["condition"]
-    if "kept_fraction" in table and table["kept_fraction"].round(6).nunique() <= MAX_FRACTIONS:
-        table = table.assign(_fraction=table["kept_fraction"].round(6))
-        by.append("_fraction")
     out = []
-    for _, rows in table.groupby(by, sort=False, dropna=False):
+    for condition, rows in table.groupby("condition", sort=False, dropna=False):
         out.append(
             {
-                "condition": str(rows["condition"].iloc[0]),
+                "condition": str(condition),
                 "kept_fraction": _mean(rows, "kept_fraction"),
                 "kept_edges": _mean(rows, "kept_edges"),
                 "total_edges": _mean(rows, "total_edges"),
@@ -308,8 +305,6 @@ def pathway_figure(rows: list[dict[str, Any]], clean: float | None) -> go.Figure
     for row in rows:
         family, _, where = row["condition"].partition("@")
         label = f"threshold {where}" if where else "no threshold"
-        if label in families.get(family, {}) and row["kept_fraction"] is not None:
-            label = f"{label}, {row['kept_fraction']:.3f} kept"
         families.setdefault(family, {})[label] = row
     labels = list(dict.fromkeys(label for family in families.values() for label in family))
     for i, (family, by_label) in enumerate(families.items()):
