@@ -85,6 +85,16 @@ def test_reports_open_without_errors_and_draw_every_figure(
     run = write_run(tmp_path / "trace" / "trace.h5", layout, n=4)
     report = write_report(run, tmp_path / "trace" / "trace.html")
     assert set(check_page(context, report)) == {"frame-flow", "edge-flow", "video-overlay"}
+    from flowlens.report.browser import open_report
+
+    opened = open_report(context, report)  # the per-head small multiples draw when asked for
+    opened.page.click("details.on-request summary")
+    opened.page.wait_for_selector("#frame-flow-heads .main-svg")
+    assert (
+        opened.errors == []
+        and len(np.unique(pixels(opened.page.locator("#frame-flow-heads")), axis=None)) > 20
+    )
+    opened.page.close()
     page = next((tmp_path / "trace" / "trace_samples").glob("s1.html"))
     assert set(check_page(context, page)) == {"sample-video", "sample-frames", "sample-edges"}
     knockout_run(tmp_path / "ko.h5", layout)

@@ -169,3 +169,22 @@ def test_index_lists_every_run(tmp_path: Path, layout: TokenLayout) -> None:
     assert 'href="one/trace.html"' in html and 'href="two/trace.html"' in html
     assert (tmp_path / "one" / "trace.html").exists()  # missing reports are built
     assert "m&lt;i&gt;" in html and "2 runs under" in html
+
+
+def test_per_head_small_multiples_hold_the_sample_means(tmp_path: Path, layout: TokenLayout) -> None:
+    run = write_run(tmp_path / "trace.h5", layout, n=3)
+    with open_run(run) as opened:
+        context = report_context(opened)
+        flows = np.stack([opened.array(s, "frame_flow").astype(np.float64) for s in opened.samples])
+    later = json.loads(str(context["on_request"]))["frame-flow-heads"]
+    want = flows.mean(axis=0)  # (L, H, F, F): mean over samples only
+    steps = later["layout"]["sliders"][0]["steps"]
+    assert len(later["data"]) == layout.n_heads and len(steps) == layout.n_layers
+    for layer in (0, layout.n_layers - 1):
+        for head in range(layout.n_heads):
+            np.testing.assert_allclose(decode(steps[layer]["args"][0]["z"][head]), want[layer, head])
+
+
+def decode(value: dict) -> np.ndarray:
+    array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+    return array.reshape([int(n) for n in str(value.get("shape", array.size)).split(",")])

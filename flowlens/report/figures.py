@@ -36,6 +36,7 @@ class FrameFlowMean:
     values: np.ndarray  # (L, F, F) float64: [l, target frame, source frame]
     n_used: int
     n_samples: int
+    heads: np.ndarray | None = None  # (L, H, F, F) float64: the same per head (mean over samples only)
 
 
 def mean_frame_flow(run: Run) -> FrameFlowMean | None:
@@ -46,10 +47,88 @@ def mean_frame_flow(run: Run) -> FrameFlowMean | None:
         return None
     shape = counts.most_common(1)[0][0]
     used = [sample for sample, s in shapes.items() if s == shape]
-    total = np.zeros((shape[0], shape[1], shape[1]), dtype=np.float64)
+    heads: np.ndarray | None = None
     for sample in used:
-        total += run.array(sample, "frame_flow").astype(np.float64).mean(axis=1)
-    return FrameFlowMean(total / len(used), len(used), len(run.traced))
+        flow = run.array(sample, "frame_flow").astype(np.float64)
+        heads = flow if heads is None else heads + flow
+    heads = heads / len(used)
+    return FrameFlowMean(heads.mean(axis=1), len(used), len(run.traced), heads)
+
+
+def head_figure(mean: FrameFlowMean, columns: int = 8) -> dict[str, Any]:
+    """Per-head small multiples of the frame x frame flow (mean over samples), a slider over layers."""
+    heads = mean.heads
+    n_layers, n_heads, n_frames = heads.shape[0], heads.shape[1], heads.shape[2]
+    cols = min(columns, n_heads)
+    rows = -(-n_heads // cols)
+    gap = 0.01
+    width, height = (1 - gap * (cols - 1)) / cols, (1 - 0.04 * (rows - 1)) / rows
+    data, axes, notes = [], {}, []
+    for h in range(n_heads):
+        r, c = divmod(h, cols)
+        n = h + 1
+        x_name, y_name = ("x", "y") if n == 1 else (f"x{n}", f"y{n}")
+        left, top = c * (width + gap), 1 - r * (height + 0.04)
+        data.append(
+            {
+                "type": "heatmap",
+                "z": typed(heads[0, h], "f8"),
+                "coloraxis": "coloraxis",
+                "xaxis": x_name,
+                "yaxis": y_name,
+                "hovertemplate": f"head {h}<br>target frame %{{y}}<br>source frame %{{x}}<br>flow %{{z:.4f}}"
+                "<extra></extra>",
+            }
+        )
+        bare = {"showticklabels": False, "ticks": "", "showgrid": False, "zeroline": False}
+        axes[x_name.replace("x", "xaxis", 1)] = {"domain": [left, left + width], "anchor": y_name, **bare}
+        axes[y_name.replace("y", "yaxis", 1)] = {
+            "domain": [top - height, top],
+            "anchor": x_name,
+            "autorange": "reversed",
+            "scaleanchor": x_name,
+            **bare,
+        }
+        notes.append(
+            {
+                "text": f"head {h}",
+                "x": left + width / 2,
+                "y": top,
+                "xref": "paper",
+                "yref": "paper",
+                "yanchor": "bottom",
+                "showarrow": False,
+                "font": {"size": 9},
+            }
+        )
+    steps = [
+        {
+            "method": "update",
+            "label": str(layer + 1),
+            "args": [{"z": [typed(heads[layer, h], "f8") for h in range(n_heads)]}, {}, list(range(n_heads))],
+        }
+        for layer in range(n_layers)
+    ]
+    return {
+        "data": data,
+        "layout": {
+            "template": TEMPLATE,
+            "title": {"text": f"Frame × frame flow per head ({n_frames} frame groups; mean over samples)"},
+            "coloraxis": {"colorscale": "Viridis", "cmin": 0.0, "cmax": float(heads.max()) or 1.0},
+            "sliders": [
+                {
+                    "active": 0,
+                    "currentvalue": {"prefix": "layer (1-based) "},
+                    "pad": {"t": 30},
+                    "steps": steps,
+                }
+            ],
+            "annotations": notes,
+            "height": 140 + int(1000 / cols * rows),
+            "margin": {"l": 20, "r": 20, "t": 60, "b": 20},
+            **axes,
+        },
+    }
 
 
 def frame_flow_figure(mean: FrameFlowMean, what: str = "mean over heads and samples") -> dict[str, Any]:

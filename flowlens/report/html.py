@@ -91,6 +91,7 @@ def report_context(run: Run, sample_pages: str | None = None) -> dict[str, Any]:
     answers = run.table("answers")
     sections = build_sections(run)
     figures = {key: figure_json(figure) for section in sections for key, figure in section.figures.items()}
+    later = {key: figure_json(figure) for section in sections for key, figure in section.on_request.items()}
     scored = answers[answers["correct"].notna()]
     rows = _answer_rows(answers)
     if sample_pages is not None:
@@ -124,6 +125,7 @@ def report_context(run: Run, sample_pages: str | None = None) -> dict[str, Any]:
         "n_answer_rows": len(rows),
         "all_rows": Markup(_script_safe(json.dumps(_compact(rows) if len(rows) > PAGE_SIZE else []))),
         "figures": Markup(_script_safe(json.dumps({k: json.loads(v) for k, v in figures.items()}))),
+        "on_request": Markup(_script_safe(json.dumps({k: json.loads(v) for k, v in later.items()}))),
         "plotly_js": Markup(get_plotlyjs()),
     }
 

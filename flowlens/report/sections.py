@@ -29,6 +29,7 @@ class Section:
     caption: str
     figures: dict[str, go.Figure | dict] = field(default_factory=dict)  # a go.Figure or a plain figure dict
     html: Markup = field(default_factory=lambda: Markup(""))
+    on_request: dict[str, go.Figure | dict] = field(default_factory=dict)  # drawn when the reader opens them
 
 
 _BUILDERS: list[tuple[int, str, Callable[[Run], Section | None]]] = []

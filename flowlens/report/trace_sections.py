@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowlens.report.figures import edge_figure, frame_flow_figure, mean_frame_flow
+from flowlens.report.figures import edge_figure, frame_flow_figure, head_figure, mean_frame_flow
 from flowlens.report.sections import Section, who
 from flowlens.report.video import video_figure
 from flowlens.store.run import Run
@@ -29,7 +29,10 @@ def frame_flow_section(run: Run) -> Section | None:
         f"over {mean.n_used} of {mean.n_samples} samples{left_out}; {who(run, mean.n_used)}. "
         "Drag the slider to change the layer; one colour scale for all layers."
     )
-    return Section("frames", title, caption, {"frame-flow": frame_flow_figure(mean)})
+    heads = (
+        {"frame-flow-heads": head_figure(mean)} if mean.heads is not None and mean.heads.shape[1] > 1 else {}
+    )
+    return Section("frames", title, caption, {"frame-flow": frame_flow_figure(mean)}, on_request=heads)
 
 
 def edge_flow_section(run: Run) -> Section | None:
