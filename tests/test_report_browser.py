@@ -156,3 +156,17 @@ def test_overlay_lines_up_with_the_frame_grid(context, tmp_path: Path, layout: T
     # and where: the cell's share of the frame, row 1 of 4 and column 2 of 4 (the frame is 48 x 48 pixels)
     side = shot.shape[0] + 4
     assert abs(ys.min() + 2 - side * row / rows) <= 2 and abs(xs.min() + 2 - side * col / cols) <= 2
+
+
+def test_figures_export_as_png_and_svg(context, tmp_path: Path, layout: TokenLayout) -> None:
+    from flowlens.report.build import export_figures
+
+    run = write_run(tmp_path / "trace.h5", layout, n=2)
+    paths = export_figures(run, tmp_path / "figures")
+    names = sorted(p.name for p in paths)
+    assert names == sorted(
+        f"trace-{f}.{x}" for f in ("frame-flow", "edge-flow", "video-overlay") for x in ("png", "svg")
+    )
+    for path in paths:
+        head = path.read_bytes()[:200]
+        assert head.startswith(b"\x89PNG") if path.suffix == ".png" else b"<svg" in head, path

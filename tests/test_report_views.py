@@ -188,3 +188,16 @@ def test_per_head_small_multiples_hold_the_sample_means(tmp_path: Path, layout: 
 def decode(value: dict) -> np.ndarray:
     array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
     return array.reshape([int(n) for n in str(value.get("shape", array.size)).split(",")])
+
+
+def test_merged_frame_groups_show_every_source_frame() -> None:
+    layout = tiny("qwen2_vl").prepare(make_sample(), frames=8)[1]
+    assert all(len(s) == 2 for s in layout.frame_sources)  # temporal patches of two frames
+    thumbs = np.zeros((8, 12, 12, 3), dtype=np.uint8)
+    figure = video_figure(layout, thumbs, np.ones((layout.n_layers, layout.n_video)))
+    images = [t for t in figure["data"] if t["type"] == "image"]
+    heat = [t for t in figure["data"] if t["type"] == "heatmap"]
+    assert len(images) == 8 and len(heat) == 8  # each source frame under its group's map
+    labels = [a["text"] for a in figure["layout"]["annotations"]]
+    assert labels[:2] == ["group 0: frame 0", "group 0: frame 1"]
+    assert heat[0]["z"] == heat[1]["z"]  # both frames of a group share its map
