@@ -62,8 +62,8 @@ def video_section(run: Run) -> Section | None:
     caption = (
         f"Sample {sample}: the sampled frames as the model saw them, under the `last` query's attention on each "
         "video token (the position that predicts the answer; mean over heads), drawn on the frame's token grid "
-        "(layout.video_cells). Drag the slider to change the layer; colours are scaled to each layer's largest "
-        f"cell. Every sample's own page (linked from the answers table) shows its frames and flows; {who(run)}."
+        "(layout.video_cells). Drag the slider to change the layer; colours run from each layer's smallest "
+        f"cell (transparent) to its largest. Every sample's own page (linked from the answers table) shows its frames and flows; {who(run)}."
     )
     if run.thumbnails(sample) is None:
         caption += " This run stored no thumbnails (traced with --thumbnails 0): the grid is shown alone."

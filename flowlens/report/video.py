@@ -78,7 +78,7 @@ def video_figure(
     """Thumbnails (one column per frame group, one row per merged source frame) under the query's attention.
 
     `attention` is (layers, video tokens), already averaged over heads. The slider picks the layer; each
-    layer's colours run from 0 to that layer's largest cell (hover shows the attention itself). Returned as a
+    layer's colours run from its smallest cell (transparent) to its largest (hover shows the attention itself). Returned as a
     plain plotly figure dict (see `flowlens.report.plain`): it is built once per sample page.
     """
     maps = cell_maps(layout, attention)
@@ -165,14 +165,20 @@ def video_figure(
                 }
             )
     n_layers = attention.shape[0]
-    peaks = [max(float(m[layer].max()) for m in maps.maps) or 1.0 for layer in range(n_layers)]
+    lows = [min(float(m[layer].min()) for m in maps.maps) for layer in range(n_layers)]
+    peaks = [max(float(m[layer].max()) for m in maps.maps) for layer in range(n_layers)]
+    peaks = [peak if peak > low else low + 1e-12 for low, peak in zip(lows, peaks, strict=True)]
     steps = [
         {
             "method": "update",
             "label": str(layer + 1),
             "args": [
                 {"z": [typed(maps.maps[group][layer]) for group in owner]},
-                {"coloraxis.cmax": peaks[layer], "title.text": _title(query, layer)},
+                {
+                    "coloraxis.cmin": lows[layer],
+                    "coloraxis.cmax": peaks[layer],
+                    "title.text": _title(query, layer),
+                },
                 heat,
             ],
         }
@@ -185,7 +191,7 @@ def video_figure(
             "title": {"text": _title(query, 0)},
             "coloraxis": {
                 "colorscale": OVERLAY_COLORS,
-                "cmin": 0.0,
+                "cmin": lows[0],
                 "cmax": peaks[0],
                 "colorbar": {"title": {"text": "attention"}, "thickness": 12},
             },
@@ -213,5 +219,5 @@ _BARE = {"showticklabels": False, "showgrid": False, "zeroline": False, "ticks":
 def _title(query: str, layer: int) -> str:
     return (
         f"`{query}` attention on each frame's cells, layer {layer + 1} (1-based; mean over heads; "
-        "colours scaled to this layer's largest cell)"
+        "colours from this layer's smallest to largest cell)"
     )
