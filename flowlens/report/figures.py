@@ -72,7 +72,7 @@ def head_figure(mean: FrameFlowMean, columns: int = 8) -> dict[str, Any]:
         data.append(
             {
                 "type": "heatmap",
-                "z": typed(heads[0, h], "f8"),
+                "z": typed(heads[0, h]),
                 "coloraxis": "coloraxis",
                 "xaxis": x_name,
                 "yaxis": y_name,
@@ -105,7 +105,7 @@ def head_figure(mean: FrameFlowMean, columns: int = 8) -> dict[str, Any]:
         {
             "method": "update",
             "label": str(layer + 1),
-            "args": [{"z": [typed(heads[layer, h], "f8") for h in range(n_heads)]}, {}, list(range(n_heads))],
+            "args": [{"z": [typed(heads[layer, h]) for h in range(n_heads)]}, {}, list(range(n_heads))],
         }
         for layer in range(n_layers)
     ]
