@@ -7,6 +7,7 @@ there (written once), so a run of thousands of samples does not repeat plotly's 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ def write_sample_pages(run: Run, folder: Path, report_name: str) -> list[Path]:
     script = folder / PLOTLY_FILE
     plotly_js = get_plotlyjs()
     if not script.exists() or script.stat().st_size != len(plotly_js.encode()):
-        script.write_text(plotly_js, encoding="utf-8")
+        partial = folder / f".{PLOTLY_FILE}.partial"
+        partial.write_text(plotly_js, encoding="utf-8")
+        os.replace(partial, script)
     summary = run.table("flow_summary")
     by_sample = dict(tuple(summary.groupby("sample", sort=False))) if len(summary) else {}
     template = templates().get_template("sample.html")
@@ -40,7 +43,9 @@ def write_sample_pages(run: Run, folder: Path, report_name: str) -> list[Path]:
     for sample in run.traced:
         context = sample_context(run, sample, by_sample.get(sample))
         path = folder / f"{escape_id(sample)}.html"
-        path.write_text(template.render(report=f"../{report_name}", **context), encoding="utf-8")
+        partial = folder / f".{path.name}.partial"  # a process killed half-way leaves the previous page
+        partial.write_text(template.render(report=f"../{report_name}", **context), encoding="utf-8")
+        os.replace(partial, path)
         paths.append(path)
     return paths
 
