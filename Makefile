@@ -34,7 +34,7 @@ DEMO_MODEL ?= toy
 demo: venv
 	$(BIN)/flowlens trace $(DEMO_MODEL) --dataset synthetic --split test --limit 16 --out $(DEMO_OUT) --overwrite
 	$(BIN)/flowlens inspect $(DEMO_MODEL) --frames 8 --json --out $(DEMO_OUT)/inspect.json > /dev/null
-	@echo "demo: run file, report and layout in $(DEMO_OUT)/ (open $(DEMO_OUT)/report.html)"
+	@echo "demo: run file, report and layout in $(DEMO_OUT)/ (open $(DEMO_OUT)/trace.html; one page per sample in $(DEMO_OUT)/trace_samples/)"
 
 test: venv
 	$(BIN)/$(PYTEST)

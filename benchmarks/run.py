@@ -14,6 +14,7 @@ from benchmarks.knockout_speed import bench_canary_cost, bench_knockout_speed
 from benchmarks.lens_speed import bench_lens_speed
 from benchmarks.patch_speed import bench_patch_speed
 from benchmarks.prune_speed import bench_prune_drop, bench_prune_sweep
+from benchmarks.report_size import bench_report_size
 from benchmarks.trace_speed import bench_trace_speed
 
 RESULTS = Path(__file__).parent / "results"
@@ -79,6 +80,7 @@ def main() -> None:
             "drop_fastv_25_percent_4k_tokens": bench_prune_drop(),
         },
         "patch_speed.json": {"meta": meta, "resid_post_4_layers_x_8_frames_toy": bench_patch_speed()},
+        "report_size.json": {"meta": meta, "report_of_1000_samples": bench_report_size()},
     }
     if (
         torch.cuda.is_available()

@@ -440,6 +440,43 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """(Re)build run reports; or compare two runs; or index a folder of runs; optionally export figures."""
+    from flowlens.engine.sizing import human_bytes
+    from flowlens.report import build
+
+    if args.compare:
+        if len(args.runs) != 2:
+            raise UsageError("--compare takes exactly two runs (files or folders)")
+        out = Path(args.out or "compare.html")
+        build.write_compare(args.runs[0], args.runs[1], out)
+        print(f"wrote {out} ({human_bytes(out.stat().st_size)}; opens offline)")
+        return EXIT_OK
+    if args.index:
+        for folder in args.runs:
+            out = build.write_index(folder, Path(args.out) if args.out and len(args.runs) == 1 else None)
+            print(f"wrote {out} ({human_bytes(out.stat().st_size)})")
+        return EXIT_OK
+    targets = [target for path in args.runs for target in build.report_targets(path)]
+    if args.out and len(targets) > 1:
+        raise UsageError("--out names one report: give one run file (or omit --out to write beside each run)")
+    for target in targets:
+        out = build.rebuild(
+            target, Path(args.out) if args.out else None, sample_pages=not args.no_sample_pages
+        )
+        pages = out.parent / f"{out.stem}_samples"
+        extra = ""
+        if pages.is_dir() and not args.no_sample_pages:
+            n = sum(1 for p in pages.glob("*.html"))
+            size = sum(p.stat().st_size for p in pages.iterdir())
+            extra = f"; {n} sample pages in {pages.name}/ ({human_bytes(size)})"
+        print(f"wrote {out} ({human_bytes(out.stat().st_size)}, self-contained, opens offline{extra})")
+        if args.figures:
+            paths = build.export_figures(target, Path(args.figures))
+            print(f"  {len(paths)} figure files in {args.figures}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flowlens import __version__
     from flowlens.analyses.options import add_arguments
@@ -483,6 +520,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     ex.set_defaults(func=cmd_export)
+
+    rep = sub.add_parser(
+        "report",
+        help="(re)build the self-contained HTML report of runs; --compare two runs; --index a folder",
+        description="(Re)build the self-contained HTML report of run files (beside each: trace.h5 -> trace.html, "
+        "with per-sample pages in trace_samples/); or put two runs on shared axes (--compare); or write an "
+        "index.html over every run under a folder (--index).",
+    )
+    rep.add_argument("runs", nargs="+", metavar="RUN", help="run files (trace.h5) or folders holding them")
+    rep.add_argument(
+        "--out", default=None, help="the report file (one run), comparison (default compare.html) or index"
+    )
+    rep.add_argument(
+        "--compare",
+        action="store_true",
+        help="compare two runs on shared axes (refused when their definitions differ)",
+    )
+    rep.add_argument(
+        "--index", action="store_true", help="write DIR/index.html over every run under each folder"
+    )
+    rep.add_argument(
+        "--figures",
+        default=None,
+        metavar="DIR",
+        help="also export every figure as PNG and SVG into DIR (kaleido)",
+    )
+    rep.add_argument("--no-sample-pages", action="store_true", help="skip the per-sample pages")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 

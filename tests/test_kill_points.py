@@ -336,7 +336,10 @@ def test_killed_writing_the_report(
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         "trace.h5",
         "trace.html",
+        "trace_samples",  # the per-sample pages, each written whole or not at all
     ]
+    pages = [p for p in (tmp_path / "trace_samples").iterdir() if not p.name.startswith(".")]
+    assert all(p.read_text().rstrip().endswith("</html>") for p in pages if p.suffix == ".html")
 
 
 @pytest.mark.slow
@@ -417,7 +420,8 @@ def test_full_disk_while_writing_the_report_keeps_the_previous_one(
     monkeypatch.setattr(html, "open", opening, raising=False)
     with pytest.raises(DiskFullError, match=re.escape(f"disk full: cannot write {report} (")):
         html.write_report(reference["trace"], report)
-    assert report.read_bytes() == before and list(tmp_path.iterdir()) == [report]
+    assert report.read_bytes() == before
+    assert sorted(tmp_path.iterdir()) == [report, tmp_path / "trace_samples"]  # no partial report left
 
 
 @pytest.mark.slow

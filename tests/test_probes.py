@@ -69,6 +69,7 @@ def test_model_mode_writes_run_table_and_report(model_mode: Path) -> None:
         "probe.html",
         "trace.h5",
         "trace.html",
+        "trace_samples",  # the trace report's per-sample pages
     ]
     table, config = probe_table(model_mode)
     assert list(table.columns) == probes.COLUMNS

@@ -17,6 +17,7 @@ from tracegen import random_trace
 
 from flowlens.errors import FlowlensError
 from flowlens.models.layout import TokenLayout
+from flowlens.report import knockout as report_knockout
 from flowlens.report import write_report
 from flowlens.report.html import report_context
 from flowlens.report.knockout import plotly_text
@@ -498,6 +499,7 @@ def test_report_knockout_figures_hold_the_summary(tmp_path: Path, layout: TokenL
     with open_run(tmp_path / "run.h5") as run:
         context = report_context(run)
         summary = summarize_knockout(run.table("knockout"))
+        table, pathway_table = run.table("knockout"), run.table("pathways")
     figures = json.loads(str(context["figures"]))
     assert {"frame-flow", "edge-flow", "knockout-change", "knockout-accuracy"} <= set(figures)
     change = figures["knockout-change"]
@@ -513,20 +515,32 @@ def test_report_knockout_figures_hold_the_summary(tmp_path: Path, layout: TokenL
     assert [s["y0"] for s in change["layout"]["shapes"]] == [0.0]  # the zero line
     assert "1-based" in change["layout"]["xaxis"]["title"]["text"]
     assert figures["knockout-accuracy"]["layout"]["shapes"][0]["y0"] == pytest.approx(100 * 5 / 6)
-    assert context["knockout"]["clean_accuracy"] == pytest.approx(5 / 6)
-    curves = {row["curve"]: row for row in context["knockout"]["curves"]}
+    assert report_knockout.clean_accuracy(table) == pytest.approx(5 / 6)
+    curves = {row["curve"]: row for row in report_knockout.curve_rows(summary)}
     evil = summary[summary["curve"] == EVIL_CURVE]
     assert curves[EVIL_CURVE]["n"] == 6 and curves[EVIL_CURVE]["n_correct"] == 5
     assert curves[EVIL_CURVE]["drop"] == pytest.approx(evil["mean_rel_pred"].min())
     assert curves[EVIL_CURVE]["drop_layer"] == int(evil.loc[evil["mean_rel_pred"].idxmin(), "layer"]) + 1
-    pathways = {row["condition"]: row for row in context["pathways"]["rows"]}
+    pathways = {row["condition"]: row for row in report_knockout.pathway_rows(pathway_table)}
     assert list(pathways) == ["full", "pathways", "random"]
     assert pathways["pathways"]["accuracy"] == pytest.approx(2 / 3) and pathways["random"]["accuracy"] == 0
     assert pathways["random"]["p_gt"] == pytest.approx(0.1) and pathways["pathways"][
         "kept_fraction"
     ] == pytest.approx(0.4)
     assert pathways["full"]["kept_edges"] == 100 and pathways["full"]["n"] == 3
-    assert context["samples_label"] == "samples" and context["show_trace"]
+    assert context["samples_label"] == "samples"
+    bars = {t["name"]: t for t in figures["pathways-bars"]["data"]}  # pathways beside its random control
+    assert list(bars) == ["full", "pathways", "random"]
+    assert (
+        decode(bars["pathways"]["y"])[0] == pytest.approx(100 * 2 / 3) and decode(bars["random"]["y"])[0] == 0
+    )
+    panels = [t for t in figures["knockout-panels"]["data"] if t.get("mode") == "lines+markers"]
+    video = next(
+        t for t in panels if t["name"] == plotly_text("video->question")
+    )  # one panel per blocked edge (Fig. 2/3)
+    np.testing.assert_allclose(
+        decode(video["y"]), summary[summary["curve"] == "video->question"]["mean_rel_pred"]
+    )
 
 
 def test_report_survives_a_malformed_knockout_table(tmp_path: Path, layout: TokenLayout) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from flowlens.analyses.options import check_layers, option, positive
@@ -57,6 +58,11 @@ class TraceOptions:
         "(value_norm, L x V; scorer value_norm)",
         added_later=True,
     )
+    thumbnails: int = option(
+        96,
+        "store each sampled frame as a thumbnail of at most this many pixels a side, for the report (0: none)",
+        affects_results=False,
+    )
     max_gb: float | None = option(
         None,
         "refuse a run whose stored arrays would exceed this many GB (before compression)",
@@ -66,6 +72,8 @@ class TraceOptions:
     def __post_init__(self) -> None:
         positive("frames", self.frames)
         positive("max_gb", self.max_gb)
+        if self.thumbnails < 0:
+            raise FlowlensError(f"--thumbnails {self.thumbnails}: use 0 (none) or a size in pixels")
         self.video_layers = sorted({int(x) for x in self.video_layers})
         self.activations = [str(ActivationSpec.parse(text)) for text in self.activations]
         if self.activations_dtype not in DTYPES:
@@ -130,12 +138,35 @@ def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = Non
         resid_frame_mean=residuals.resid_frame_mean(),
         resid_video=residuals.resid_video(),
         answer=answer_readout(logits, layout, lm.tokenizer),
-        metadata=_jsonable(sample.metadata),
+        metadata={**_jsonable(sample.metadata), **sample_text(sample)},
         activations=chosen.result(),
         received_attention=capture.received_attention() if options.received_attention else None,
         rollout=capture.rollout() if options.rollout else None,
         value_norm=capture.value_norm() if options.value_norms else None,
+        thumbnails=frame_thumbnails(lm, sample, options) if options.thumbnails else None,
     )
+
+
+def sample_text(sample: Sample) -> dict[str, Any]:
+    """The question and options as the sample gave them (the report's per-sample pages show them)."""
+    return {"question": str(sample.question), "options": [str(o) for o in sample.options]}
+
+
+def frame_thumbnails(lm: VideoLM, sample: Sample, options: TraceOptions) -> np.ndarray:
+    """The sampled frames (as the model saw them) shrunk to at most `options.thumbnails` pixels a side."""
+    frames = lm.adapter.sample_frames(sample, options.frames).frames
+    return thumbnails(np.asarray(frames), options.thumbnails)
+
+
+def thumbnails(frames: np.ndarray, size: int) -> np.ndarray:
+    """(n, h, w, 3) uint8 frames resized (area-averaged) so the longer side is at most `size`."""
+    n, height, width = frames.shape[:3]
+    scale = min(1.0, size / max(height, width, 1))
+    shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    pixels = torch.as_tensor(np.ascontiguousarray(frames, dtype=np.uint8)).permute(0, 3, 1, 2).float()
+    if n and shape != (height, width):
+        pixels = torch.nn.functional.interpolate(pixels, size=shape, mode="area")
+    return pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 import pandas as pd
@@ -13,30 +14,44 @@ from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
 from flowlens.data.failures import count_kinds
-from flowlens.errors import FlowlensError, disk_full, no_space
-from flowlens.report import knockout
-from flowlens.report.figures import edge_figure, frame_flow_figure, mean_frame_flow
+from flowlens.errors import disk_full, no_space
+from flowlens.report.plain import figure_json
 from flowlens.report.sections import build_sections
-from flowlens.store.knockout_summary import summarize_knockout
 from flowlens.store.run import Run, open_run
+from flowlens.store.schema import escape_id
 
-MAX_SAMPLE_ROWS = 500
+PAGE_SIZE = 50  # answer rows per page of the paged table
+MAX_FAILURE_ROWS = 200
 _SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
-def write_report(run: str | os.PathLike[str] | Run, out_html: str | os.PathLike[str]) -> Path:
+def write_report(
+    run: str | os.PathLike[str] | Run, out_html: str | os.PathLike[str], sample_pages: bool = True
+) -> Path:
     """Render the report of `run` (a path or an open `Run`) to `out_html` and return its path.
 
-    The report is written beside `out_html`, synced, then renamed over it: a process killed half-way
-    leaves the previous report (or none), never half of one. A full disk is a `DiskFullError`.
+    With `sample_pages`, each traced sample also gets a page in `<report stem>_samples/` (linked from the
+    answers table; the pages share one plotly.js file there). Each file is written beside its target, synced,
+    then renamed over it: a process killed half-way leaves the previous report (or none), never half of one.
+    A full disk is a `DiskFullError`.
     """
+    from flowlens.report.sample_page import write_sample_pages
+
+    out = Path(out_html)
     opened = run if isinstance(run, Run) else open_run(run)
     try:
-        html = render_report(opened)
+        folder = f"{out.stem}_samples" if sample_pages and opened.traced else None
+        if folder is not None:
+            write_sample_pages(opened, out.parent / folder, report_name=out.name)
+        html = render_report(opened, folder)
     finally:
         if opened is not run:
             opened.close()
-    out = Path(out_html)
+    return write_atomic(out, html)
+
+
+def write_atomic(out: Path, html: str) -> Path:
+    """Write `html` to `out` through a synced temporary file renamed over it; a full disk is a DiskFullError."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     try:
@@ -54,91 +69,92 @@ def write_report(run: str | os.PathLike[str] | Run, out_html: str | os.PathLike[
     return out
 
 
-def render_report(run: Run) -> str:
+def render_report(run: Run, sample_pages: str | None = None) -> str:
     """The report as an HTML string; every user string goes through jinja2 autoescaping."""
-    env = jinja2.Environment(
+    return templates().get_template("report.html").render(**report_context(run, sample_pages))
+
+
+def templates() -> jinja2.Environment:
+    """The report templates, autoescaped, failing on a missing value."""
+    return jinja2.Environment(
         loader=jinja2.PackageLoader("flowlens.report", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    return env.get_template("report.html").render(**report_context(run))
 
 
-def report_context(run: Run) -> dict[str, Any]:
-    """Everything the template shows: settings, counts, figures (as script-safe JSON) and answer rows."""
+def report_context(run: Run, sample_pages: str | None = None) -> dict[str, Any]:
+    """Everything the template shows: settings, counts, sections (figures as script-safe JSON) and answer rows.
+
+    `sample_pages`: the folder (relative to the report) holding per-sample pages, linked from the answers table.
+    """
     answers = run.table("answers")
-    figures: dict[str, str] = {}
-    # runs of row tables only, or of run tables only (e.g. probes), skip the flow sections
-    show_trace = bool(run.traced) or not (run.row_tables or run.run_tables)
-    frame_mean = mean_frame_flow(run) if show_trace else None
-    if frame_mean is not None:
-        figures["frame-flow"] = frame_flow_figure(frame_mean).to_json()
-    if show_trace:
-        summary = run.table("flow_summary")
-        if len(summary):
-            figures["edge-flow"] = edge_figure(summary).to_json()
-    knockouts = _knockout_context(run, figures)
     sections = build_sections(run)
-    for section in sections:
-        figures.update({key: figure.to_json() for key, figure in section.figures.items()})
+    figures = {key: figure_json(figure) for section in sections for key, figure in section.figures.items()}
+    later = {key: figure_json(figure) for section in sections for key, figure in section.on_request.items()}
     scored = answers[answers["correct"].notna()]
+    rows = _answer_rows(answers)
+    if sample_pages is not None:
+        traced = set(run.traced)
+        for row in rows:
+            if row["sample"] in traced:
+                row["href"] = f"{sample_pages}/{sample_file(row['sample'])}"
     return {
         "title": f"flowlens report: {run.model_info.get('model') or run.config.get('model') or run.path.name}",
         "run_file": run.path.name,
         "model": run.model_info.get("model") or run.config.get("model") or "unknown",
         "revision": run.model_info.get("revision") or "",
+        "analysis": run.config.get("analysis") or "",
         "flowlens_version": run.flowlens_version,
         "created": run.created,
         "config": [(key, _show(value)) for key, value in sorted(run.config.items())],
         "model_info": [(key, _show(value)) for key, value in sorted(run.model_info.items())],
         "n_samples": len(run.samples),
         "samples_label": "samples" if (run.row_tables or run.run_tables) else "samples traced",
-        "show_trace": show_trace,
-        **knockouts,
         "n_failures": len(run.failures),
         "failure_kinds": count_kinds(run.failures.values()),
         "n_scored": len(scored),
         "n_unlabelled": len(answers) - len(scored),
         "accuracy": float(scored["correct"].astype(bool).mean()) if len(scored) else None,
         "tasks": _task_rows(answers),
-        "failures": list(run.failures.items()),
-        "frame_mean": frame_mean,
+        "failures": list(run.failures.items())[:MAX_FAILURE_ROWS],
+        "failures_hidden": max(0, len(run.failures) - MAX_FAILURE_ROWS),
         "sections": sections,
-        "answer_rows": _answer_rows(answers.head(MAX_SAMPLE_ROWS)),
-        "answer_rows_hidden": max(0, len(answers) - MAX_SAMPLE_ROWS),
+        "page_size": PAGE_SIZE,
+        "answer_rows": rows[:PAGE_SIZE],
+        "n_answer_rows": len(rows),
+        "all_rows": Markup(_script_safe(json.dumps(_compact(rows) if len(rows) > PAGE_SIZE else []))),
         "figures": Markup(_script_safe(json.dumps({k: json.loads(v) for k, v in figures.items()}))),
+        "on_request": Markup(_script_safe(json.dumps({k: json.loads(v) for k, v in later.items()}))),
         "plotly_js": Markup(get_plotlyjs()),
     }
 
 
-def _knockout_context(run: Run, figures: dict[str, str]) -> dict[str, Any]:
-    """The knockout and pathways sections: figures (added to `figures`), per-curve and per-condition rows."""
-    context: dict[str, Any] = {"knockout": None, "pathways": None}
-    if "knockout" in run.row_tables:
-        table = run.table("knockout")
-        try:
-            summary = summarize_knockout(table)
-        except FlowlensError as exc:  # a malformed table should not cost the rest of the report
-            context["knockout"] = {
-                "error": str(exc),
-                "curves": [],
-                "n_samples": table["sample"].nunique(),
-                "clean_accuracy": None,
-            }
-        else:
-            clean = knockout.clean_accuracy(table)
-            figures["knockout-change"] = knockout.change_figure(summary).to_json()
-            figures["knockout-accuracy"] = knockout.accuracy_figure(summary, clean).to_json()
-            context["knockout"] = {
-                "error": None,
-                "curves": knockout.curve_rows(summary),
-                "n_samples": table["sample"].nunique(),
-                "clean_accuracy": clean,
-            }
-    if "pathways" in run.row_tables:
-        table = run.table("pathways")
-        context["pathways"] = {"rows": knockout.pathway_rows(table), "n_samples": table["sample"].nunique()}
-    return context
+def sample_file(sample: str) -> str:
+    """The file name of a sample's page: its id made safe for a file name, URL-quoted for the link."""
+    return quote(f"{escape_id(sample)}.html")
+
+
+def _compact(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """Answer rows as short lists for the paged table's script: [sample, task, answer, predicted, correct,
+    p_answer, mass, [[letter, p, share, predicted, answer], ...], href]."""
+    return [
+        [
+            r["sample"],
+            r["task"],
+            r["answer"],
+            r["predicted"],
+            r["correct"],
+            None if r["p_answer"] is None else round(r["p_answer"], 4),
+            round(r["mass"], 4),
+            [
+                [o["letter"], round(o["p"], 4), round(o["share"], 3), o["predicted"], o["answer"]]
+                for o in r["options"]
+            ],
+            r.get("href"),
+        ]
+        for r in rows
+    ]
 
 
 def _answer_rows(answers: pd.DataFrame) -> list[dict[str, Any]]:
@@ -169,6 +185,7 @@ def _answer_rows(answers: pd.DataFrame) -> list[dict[str, Any]]:
                 "p_answer": probs.get(answer),
                 "mass": mass,
                 "options": options,
+                "href": None,
             }
         )
     return rows

@@ -389,6 +389,9 @@ class RunWriter:
         for name, (_, axes) in schema.OPTIONAL_ARRAYS.items():
             if name in arrays:
                 _create(group, name, arrays.pop(name), axes)
+        if schema.THUMBNAILS in arrays:
+            thumbs = arrays.pop(schema.THUMBNAILS)
+            _create(group, schema.THUMBNAILS, thumbs, schema.THUMBNAIL_AXES, lead=thumbs.shape[0])
         video = group.create_group(schema.RESID_VIDEO)
         for key in sorted(arrays):
             _create(
@@ -517,6 +520,11 @@ def _checked_arrays(trace: SampleTrace) -> dict[str, np.ndarray]:
         key = f"{schema.RESID_VIDEO}/{int(layer)}"
         arrays[key] = _cast(trace.sample_id, key, value, schema.RESID_VIDEO_DTYPE, (n_video, d_model))
     arrays[schema.PROBS] = _checked_probs(trace.sample_id, trace.answer)
+    if trace.thumbnails is not None:
+        thumbs = np.asarray(trace.thumbnails)
+        if thumbs.dtype != np.uint8 or thumbs.ndim != 4 or thumbs.shape[-1] != 3:
+            raise ValueError(f"sample {trace.sample_id}: thumbnails must be (frames, h, w, 3) uint8")
+        arrays[schema.THUMBNAILS] = thumbs
     return arrays
 
 

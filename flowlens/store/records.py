@@ -59,6 +59,7 @@ class SampleTrace:
     - `rollout` (L, 4, V): attention rollout after each layer, video columns, mean over the rows of each set
       of `ROLLOUT_QUERIES` (`last`, `question`, `text`, `all`);
     - `value_norm` (L, V): L1 norm of each video token's value vector, mean over heads.
+    - `thumbnails` (n_sampled, h, w, 3) uint8: the sampled frames, shrunk, for the report (optional).
     """
 
     sample_id: str
@@ -76,6 +77,7 @@ class SampleTrace:
     received_attention: np.ndarray | None = None
     rollout: np.ndarray | None = None
     value_norm: np.ndarray | None = None
+    thumbnails: np.ndarray | None = None
 
     @property
     def segments(self) -> list[str]:

@@ -187,6 +187,11 @@ class Run:
         group = self._trace_group(sample_id)
         return [*schema.ARRAYS, *(name for name in schema.OPTIONAL_ARRAYS if name in group)]
 
+    def thumbnails(self, sample_id: str) -> np.ndarray | None:
+        """The sample's stored frame thumbnails (n, h, w, 3) uint8, or None (traced with --thumbnails 0)."""
+        group = self._trace_group(sample_id)
+        return group[schema.THUMBNAILS][()] if schema.THUMBNAILS in group else None
+
     def activations(self, hook: str, group: str = "last", samples: list[str] | None = None) -> Any:
         """One hook's stored rows at one token group, across samples (read lazily, this hook only).
 
@@ -232,6 +237,7 @@ class Run:
             resid_video=dict(sorted(video.items())),
             metadata=self.metadata(sample_id),
             activations=activations,
+            thumbnails=self.thumbnails(sample_id),
             **arrays,
         )
 

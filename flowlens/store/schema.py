@@ -46,6 +46,8 @@ OPTIONAL_ARRAYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rollout": ("float32", ("layer", "query_set", "video_token")),
     "value_norm": ("float32", ("layer", "video_token")),
 }
+THUMBNAILS = "thumbnails"  # optional (frame, y, x, rgb) uint8: the sampled frames, shrunk, for the report
+THUMBNAIL_AXES = ("frame", "y", "x", "rgb")
 RESID_VIDEO_DTYPE = "float16"
 RESID_VIDEO_AXES = ("video_token", "d_model")
 ACTIVATIONS = "activations"  # activations/<hook name>/<group>: (rows, d_model) float16 or float32
