@@ -299,6 +299,11 @@ def test_cli_prune_with_a_spec_file(tmp_path):
     assert code == 0
     run = flowlens.open_run(out / "prune.h5")
     assert run.config["settings"]["spec"] == PruneSpec.from_dict(spec).to_dict()
+    run.close()
+    # the spec is part of the run's identity: resuming with another spec is refused
+    path.write_text(PruneSpec.from_dict(spec | {"budgets": [0.5]}).to_yaml())
+    args = ["prune", "toy", "--dataset", "synthetic", "--limit", "2", "--spec", str(path), "--out", str(out)]
+    assert main([*args, "--resume"]) == 2
 
 
 @needs_toy
