@@ -89,7 +89,9 @@ class CompiledKnockout:
         t = self.allowed.shape[0]
         if q_len == k_len == t:
             return self.allowed
-        cache = self.__dict__.setdefault("_rows_cache", {})  # every layer of a forward asks for the same block
+        cache = self.__dict__.setdefault(
+            "_rows_cache", {}
+        )  # every layer of a forward asks for the same block
         if (q_len, k_len) not in cache:
             cache.clear()
             cache[(q_len, k_len)] = self._rows(q_len, k_len)
