@@ -10,7 +10,7 @@ PYTEST := python -m pytest -q -n 2 --dist loadfile
 # Where `make test-latest` / `make test-oldest` build their throwaway environments.
 RANGE_VENV ?= /tmp/flowlens-range-venv
 
-.PHONY: venv lock demo test test-latest test-oldest lint bench clean
+.PHONY: venv lock demo test test-latest test-oldest lint bench docs cli-docs clean
 
 venv: $(STAMP)
 
@@ -60,5 +60,13 @@ lint: venv
 bench: venv
 	$(BIN)/python -m benchmarks.run
 
+# The docs site in site/: notebooks executed (nbclient), then `mkdocs build --strict` (tools/build_docs.py).
+docs: venv
+	$(BIN)/python tools/build_docs.py --site-dir site
+
+# Regenerate docs/cli.md from the argument parser (tests/test_docs_site.py fails when it is stale).
+cli-docs: venv
+	$(BIN)/python -m flowlens.docs_cli > docs/cli.md
+
 clean:
-	rm -rf $(VENV) artifacts/demo .pytest_cache
+	rm -rf $(VENV) artifacts/demo .pytest_cache site

@@ -12,6 +12,7 @@ import torch
 from benchmarks.activations_speed import bench_activations
 from benchmarks.knockout_speed import bench_canary_cost, bench_knockout_speed
 from benchmarks.lens_speed import bench_lens_speed
+from benchmarks.patch_speed import bench_patch_speed
 from benchmarks.prune_speed import bench_prune_drop, bench_prune_sweep
 from benchmarks.trace_speed import bench_trace_speed
 
@@ -77,6 +78,7 @@ def main() -> None:
             "mask_sweep_6_scorers_4_budgets_32_toy_samples": bench_prune_sweep(),
             "drop_fastv_25_percent_4k_tokens": bench_prune_drop(),
         },
+        "patch_speed.json": {"meta": meta, "resid_post_4_layers_x_8_frames_toy": bench_patch_speed()},
     }
     for name, result in results.items():
         path = RESULTS / name

@@ -3,7 +3,7 @@ cannot drift from the code.
 
 - ```python blocks of one page run in order in one namespace, in a temporary folder, after a prelude
   that defines `lm` (tiny LLaVA-NeXT-Video), `samples` (two synthetic samples), `sample` and a clip
-  `clip.mp4`. A block whose first line is `# requires: ...` (a benchmark's files, a GPU, the Hub) is
+  `clip.mp4`. Each block's source is registered in `linecache` (nnsight reads a trace's body from it). A block whose first line is `# requires: ...` (a benchmark's files, a GPU, the Hub) is
   compiled and every `flowlens` name it uses must exist, but it is not run.
 - ```console lines starting with `$ flowlens` must parse with the real argument parser (lines that elide
   arguments with `...` must at least use flags the subcommand has).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import linecache
 import re
 import shlex
 from pathlib import Path
@@ -77,6 +78,8 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
         _check_names(code, where)
         if code.lstrip().startswith("# requires:"):
             continue
+        # nnsight reads a trace's `with` body back from its source: register each block's text under its name
+        linecache.cache[where] = (len(code), None, code.splitlines(keepends=True), where)
         exec(compile(code, where, "exec"), namespace)  # noqa: S102
 
 

@@ -2,7 +2,9 @@
 
 Declare each field with `option(default, "help")`. A field that cannot change a number (a batch size,
 a progress flag) says `affects_results=False`: it is left out of the settings a resumed run must match.
-Everything else is compared on resume -- there is no hand-kept list of keys.
+Everything else is compared on resume -- there is no hand-kept list of keys. A field added after runs
+were written says `added_later=True`: left at its default it stays out of those settings, so runs written
+before it existed (which computed exactly what its default computes) still resume.
 """
 
 from __future__ import annotations
@@ -26,22 +28,32 @@ def option(
     choices: tuple[Any, ...] | None = None,
     cli: bool = True,
     metavar: str | None = None,
+    added_later: bool = False,
 ) -> Any:
     """A dataclass field with what the CLI and the resume check need to know about it."""
     metadata = {"help": help, "affects_results": affects_results, "choices": choices, "cli": cli}
     metadata["metavar"] = metavar
+    metadata["added_later"] = added_later
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
 def results_settings(options: Any) -> dict[str, Any]:
-    """The fields of `options` that change a number (what a resumed run must match), as plain data."""
+    """The fields of `options` that change a number (what a resumed run must match), as plain data.
+
+    A field marked `added_later` is left out while it has its default value (see the module docstring).
+    """
     return {
         f.name: _plain(getattr(options, f.name))
         for f in dataclasses.fields(options)
         if f.metadata.get("affects_results", True)
+        and not (f.metadata.get("added_later") and getattr(options, f.name) == _default(f))
     }
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
 def all_settings(options: Any) -> dict[str, Any]:

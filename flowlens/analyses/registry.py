@@ -26,6 +26,8 @@ _BUILTIN = (
     "flowlens.analyses.knockout_run",
     "flowlens.analyses.pathways",
     "flowlens.analyses.lens",
+    "flowlens.analyses.debias",
+    "flowlens.analyses.patch",
     "probes.analysis",
     "flowlens.analyses.prune",
 )

@@ -39,6 +39,24 @@ class TraceOptions:
         metavar="SPEC",
     )
     activations_dtype: str = option("float16", "dtype of stored activations", choices=tuple(DTYPES))
+    received_attention: bool = option(
+        False,
+        "also store, per layer and head, the attention each video token receives summed over all, text and "
+        "question queries (received_attention, L x H x 3 x V; scorer attn_received, sink detection)",
+        added_later=True,
+    )
+    rollout: bool = option(
+        False,
+        "also store attention rollout over the video tokens after each layer (rollout, L x 4 x V; scorer "
+        "rollout): one extra fused attention call per layer with the running T x V rollout as values",
+        added_later=True,
+    )
+    value_norms: bool = option(
+        False,
+        "also store the L1 norm of each video token's value vector per layer, mean over heads "
+        "(value_norm, L x V; scorer value_norm)",
+        added_later=True,
+    )
     max_gb: float | None = option(
         None,
         "refuse a run whose stored arrays would exceed this many GB (before compression)",
@@ -63,8 +81,16 @@ class TraceOptions:
 
     def bytes_per_sample(self, layout: TokenLayout) -> int:
         """What one sample stores (trace arrays and activations) before compression."""
-        size = estimate_trace_size(layout, len(self.video_layers)).total
+        size = estimate_trace_size(
+            layout, len(self.video_layers), self.received_attention, self.rollout, self.value_norms
+        ).total
         return size + estimate_bytes(self.activations, layout, self.activations_dtype)
+
+    def capture_options(self) -> CaptureOptions:
+        """What the attention capture computes for these options."""
+        return CaptureOptions(
+            received_attention=self.received_attention, rollout=self.rollout, value_norms=self.value_norms
+        )
 
 
 def check_context(lm: VideoLM, layout: TokenLayout) -> None:
@@ -81,7 +107,7 @@ def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = Non
     sample.validate(require_options=True)
     inputs, layout = lm.prepare(sample, frames=options.frames)
     check_context(lm, layout)
-    capture = FlowCapture(layout, lm.device, CaptureOptions())
+    capture = FlowCapture(layout, lm.device, options.capture_options())
     residuals = ResidualCapture(layout, lm.device, options.video_layers)
     chosen = ActivationCapture(layout, options.activations, options.activations_dtype)
     with (
@@ -106,6 +132,9 @@ def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = Non
         answer=answer_readout(logits, layout, lm.tokenizer),
         metadata=_jsonable(sample.metadata),
         activations=chosen.result(),
+        received_attention=capture.received_attention() if options.received_attention else None,
+        rollout=capture.rollout() if options.rollout else None,
+        value_norm=capture.value_norm() if options.value_norms else None,
     )
 
 

@@ -26,6 +26,9 @@ class TraceSize:
     resid_frame_mean: int
     resid_video: int
     full_attention_fp16: int
+    received_attention: int = 0
+    rollout: int = 0
+    value_norm: int = 0
 
     @property
     def total(self) -> int:
@@ -37,14 +40,24 @@ class TraceSize:
             + self.resid_last
             + self.resid_frame_mean
             + self.resid_video
+            + self.received_attention
+            + self.rollout
+            + self.value_norm
         )
 
     def to_dict(self) -> dict[str, int]:
         return {**asdict(self), "total": self.total}
 
 
-def estimate_trace_size(layout: TokenLayout, video_layers: int = 0) -> TraceSize:
-    """Bytes one traced sample takes on disk (before compression) for `layout`, names as in the run file."""
+def estimate_trace_size(
+    layout: TokenLayout,
+    video_layers: int = 0,
+    received_attention: bool = False,
+    rollout: bool = False,
+    value_norms: bool = False,
+) -> TraceSize:
+    """Bytes one traced sample takes on disk (before compression) for `layout`, names as in the run file
+    (the optional arrays count only when asked for)."""
     layers, heads = layout.n_layers, layout.n_heads
     segments, frames = len(layout.partition), layout.n_frames
     n_video, n_question = layout.n_video, int(layout["question"].size)
@@ -57,6 +70,9 @@ def estimate_trace_size(layout: TokenLayout, video_layers: int = 0) -> TraceSize
         resid_frame_mean=layers * frames * layout.d_model * F16,
         resid_video=video_layers * n_video * layout.d_model * F16,
         full_attention_fp16=layers * heads * layout.seq_len * layout.seq_len * F16,
+        received_attention=layers * heads * 3 * n_video * F32 if received_attention else 0,
+        rollout=layers * 4 * n_video * F32 if rollout else 0,
+        value_norm=layers * n_video * F32 if value_norms else 0,
     )
 
 

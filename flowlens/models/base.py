@@ -14,6 +14,7 @@ prompt, and mapping prompt parts to token positions -- is shared and exact:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -186,15 +187,24 @@ class VideoLM:
         return self.processor.tokenizer
 
     # -- inputs -----------------------------------------------------------------
-    def prepare(self, sample: Sample, frames: int = 8, template: PromptTemplate | None = None) -> Prepared:
+    def prepare(
+        self,
+        sample: Sample,
+        frames: int = 8,
+        template: PromptTemplate | None = None,
+        transform: Callable[[Frames], Frames] | None = None,
+    ) -> Prepared:
         """Model inputs for `sample` with `frames` sampled frames, and their exact `TokenLayout`.
 
         The prompt is `template`, else the preset named by the sample's `metadata["template"]` (set by
-        benchmark loaders), else this model's `template`.
+        benchmark loaders), else this model's `template`. `transform` changes the sampled frames before the
+        processor sees them (e.g. a patching corruption).
         """
         template = template or self.template_for(sample)
         sample.validate(require_options=False)
         sampled = self.adapter.sample_frames(sample, frames)
+        if transform is not None:
+            sampled = transform(sampled)
         user = build_user_text(sample, template)
         before, after = self._render_around_user(template.system)
         text = before + user.text + after + template.answer_prefix
@@ -279,6 +289,36 @@ class VideoLM:
             return auto_pathways(self, samples, out, options=options, **control)
         table = rules if isinstance(rules, RuleTable) else RuleTable.load(rules)
         return pathways(self, samples, table, out, options, **control)
+
+    def patch(self, samples: Any, out: Any = None, **kwargs: Any) -> Any:
+        """Activation patching between clean and corrupted videos (`flowlens patch`); return the `Run`.
+
+        `kwargs`: `flowlens.analyses.patch.PatchOptions` fields (`corruption`, `hooks`, `groups`,
+        `patch_layers`, `heads`, `directions`, `frames`, `batch_size`) and `RunControl` fields.
+        """
+        from flowlens.analyses.patch import PatchOptions, patch
+
+        options, control = _split_options(PatchOptions, kwargs)
+        return patch(self, samples, out, options, **control)
+
+    # -- nnsight interop (flowlens[nnsight]) ------------------------------------------
+    def nnsight(self) -> Any:
+        """An `nnsight.NNsight` envoy over this model (the same weights); see docs/nnsight.md."""
+        from flowlens.interop.nnsight import envoy
+
+        return envoy(self.model)
+
+    def nnsight_layers(self, env: Any) -> Any:
+        """The envoy of the language decoder's layers in `env` (`lm.nnsight()`), whatever the family's path."""
+        from flowlens.interop.nnsight import layers
+
+        return layers(self, env)
+
+    def knockout_context(self, knockout: Any, layout: TokenLayout) -> Any:
+        """A context applying a `Knockout` to this model's forwards, also inside an nnsight trace."""
+        from flowlens.interop.nnsight import knockout_context
+
+        return knockout_context(self, knockout, layout)
 
     @torch.no_grad()
     def forward(self, inputs: Any, **kwargs: Any) -> Any:

@@ -379,6 +379,9 @@ class RunWriter:
         _create(group, schema.PROBS, arrays.pop(schema.PROBS), ("option",))
         for name, (_, axes) in schema.ARRAYS.items():
             _create(group, name, arrays.pop(name), axes)
+        for name, (_, axes) in schema.OPTIONAL_ARRAYS.items():
+            if name in arrays:
+                _create(group, name, arrays.pop(name), axes)
         video = group.create_group(schema.RESID_VIDEO)
         for key in sorted(arrays):
             _create(
@@ -492,6 +495,15 @@ def _checked_arrays(trace: SampleTrace) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for name, shape in expected.items():
         arrays[name] = _cast(trace.sample_id, name, getattr(trace, name), schema.ARRAYS[name][0], shape)
+    optional = {
+        "received_attention": (n_layers, n_heads, 3, n_video),
+        "rollout": (n_layers, 4, n_video),
+        "value_norm": (n_layers, n_video),
+    }
+    for name, shape in optional.items():
+        if getattr(trace, name, None) is not None:
+            dtype = schema.OPTIONAL_ARRAYS[name][0]
+            arrays[name] = _cast(trace.sample_id, name, getattr(trace, name), dtype, shape)
     for layer, value in trace.resid_video.items():
         if not 0 <= int(layer) < n_layers:
             raise ValueError(f"sample {trace.sample_id}: resid_video layer {layer} is not in [0, {n_layers})")

@@ -53,6 +53,12 @@ class SampleTrace:
     - `resid_video` {layer: (V, D)} every video token at the chosen layers (optional).
     - `activations` {hook name: {group: (rows, D)}}: what `--activations` selected (optional; rows are the
       group's positions in order, or one per frame group for `frame_mean`).
+    Stored only when the trace option of the same name asks for them (None otherwise; float32):
+    - `received_attention` (L, H, 3, V): attention each video token receives, summed over the queries of
+      each set of `flowlens.engine.capture.RECEIVED_QUERIES` (`all`, `text`, `question`);
+    - `rollout` (L, 4, V): attention rollout after each layer, video columns, mean over the rows of each set
+      of `ROLLOUT_QUERIES` (`last`, `question`, `text`, `all`);
+    - `value_norm` (L, V): L1 norm of each video token's value vector, mean over heads.
     """
 
     sample_id: str
@@ -67,6 +73,9 @@ class SampleTrace:
     resid_video: dict[int, np.ndarray] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     activations: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    received_attention: np.ndarray | None = None
+    rollout: np.ndarray | None = None
+    value_norm: np.ndarray | None = None
 
     @property
     def segments(self) -> list[str]:

@@ -174,9 +174,18 @@ class Run:
         """One stored array (`segment_flow`, `frame_flow`, ..., or `resid_video/<layer>`) without the rest."""
         group = self._trace_group(sample_id)
         if name not in group or not isinstance(group[name], h5py.Dataset):
-            valid = [*schema.ARRAYS, *(f"{schema.RESID_VIDEO}/{k}" for k in group[schema.RESID_VIDEO])]
+            valid = [
+                *self.arrays(sample_id),
+                *(f"{schema.RESID_VIDEO}/{k}" for k in group[schema.RESID_VIDEO]),
+            ]
             raise FlowlensError(f"sample {sample_id!r} has no array {name!r}; arrays: {', '.join(valid)}")
         return group[name][()]
+
+    def arrays(self, sample_id: str) -> list[str]:
+        """Names of the per-sample arrays a traced sample holds: every `schema.ARRAYS` name and the optional
+        ones its trace stored (`received_attention`, `rollout`, `value_norm`)."""
+        group = self._trace_group(sample_id)
+        return [*schema.ARRAYS, *(name for name in schema.OPTIONAL_ARRAYS if name in group)]
 
     def activations(self, hook: str, group: str = "last", samples: list[str] | None = None) -> Any:
         """One hook's stored rows at one token group, across samples (read lazily, this hook only).
@@ -210,6 +219,7 @@ class Run:
         """The full `SampleTrace` of one complete traced sample, as it was written."""
         group = self._trace_group(sample_id)
         arrays = {name: group[name][()] for name in schema.ARRAYS}
+        arrays.update({name: group[name][()] for name in schema.OPTIONAL_ARRAYS if name in group})
         video = {int(k): v[()] for k, v in group[schema.RESID_VIDEO].items()}
         activations = {
             hook: {token_group: data[()] for token_group, data in per_hook.items()}

@@ -40,6 +40,12 @@ ARRAYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "resid_last": ("float16", ("layer", "d_model")),
     "resid_frame_mean": ("float16", ("layer", "frame", "d_model")),
 }
+# Per-sample arrays a trace stores only when asked (trace options of the same name; see flowlens.pruning).
+OPTIONAL_ARRAYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "received_attention": ("float32", ("layer", "head", "query_set", "video_token")),
+    "rollout": ("float32", ("layer", "query_set", "video_token")),
+    "value_norm": ("float32", ("layer", "video_token")),
+}
 RESID_VIDEO_DTYPE = "float16"
 RESID_VIDEO_AXES = ("video_token", "d_model")
 ACTIVATIONS = "activations"  # activations/<hook name>/<group>: (rows, d_model) float16 or float32
