@@ -33,7 +33,6 @@ def bench_prune_sweep(samples: int = 32, batch_size: int = 32) -> dict:
     from flowlens.analyses.trace import TraceOptions, trace_sample
     from flowlens.engine.prune import prune_knockout, run_mask
     from flowlens.engine.resume import CleanRun
-    from flowlens.pruning.extras import attention_extras
     from flowlens.pruning.policies import select
     from flowlens.pruning.scorers import EMBEDDINGS, ScoreContext, score
 
@@ -44,10 +43,16 @@ def bench_prune_sweep(samples: int = 32, batch_size: int = 32) -> dict:
     max_diff, same, conditions = 0.0, True, 0
     for sample in data:
         start = time.perf_counter()
-        options = TraceOptions(frames=8, activations=["@".join(EMBEDDINGS)], activations_dtype="float32")
+        options = TraceOptions(
+            frames=8,
+            activations=["@".join(EMBEDDINGS)],
+            activations_dtype="float32",
+            received_attention=True,
+            rollout=True,
+        )
         trace = trace_sample(lm, sample, options)
         inputs, layout = lm.prepare(sample, frames=8)
-        context = ScoreContext(None, str(sample.id), trace=trace, arrays=attention_extras(lm, inputs, layout))
+        context = ScoreContext(None, str(sample.id), trace=trace)
         video = layout["video_features"]
         items = []
         for spec, layer in SCORERS:
