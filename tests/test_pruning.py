@@ -17,7 +17,6 @@ from flowlens.compat import language_attention_implementation
 from flowlens.engine.prune import run_drop, run_mask
 from flowlens.engine.resume import CleanRun
 from flowlens.errors import FlowlensError
-from flowlens.pruning.extras import attention_extras
 from flowlens.pruning.scorers import ScoreContext, maxmin_order, score
 from flowlens.pruning.spec import PRESETS, PruneSpec, load_spec, register_debias
 from flowlens.zoo import TOY_DIR
@@ -115,15 +114,15 @@ def toy_sample():
     inputs, layout = lm.prepare(sample, frames=FRAMES)
     from flowlens.analyses.trace import TraceOptions
 
-    trace = trace_sample(
-        lm,
-        sample,
-        TraceOptions(
-            frames=FRAMES, activations=["blocks.0.hook_resid_pre@video_features"], activations_dtype="float32"
-        ),
+    options = TraceOptions(
+        frames=FRAMES,
+        activations=["blocks.0.hook_resid_pre@video_features"],
+        activations_dtype="float32",
+        received_attention=True,
+        rollout=True,
     )
-    extras = attention_extras(lm, inputs, layout)
-    context = ScoreContext(None, str(sample.id), trace=trace, arrays=extras)
+    trace = trace_sample(lm, sample, options)
+    context = ScoreContext(None, str(sample.id), trace=trace)
     return lm, inputs, layout, context, eager_attentions(lm, inputs)
 
 
@@ -139,7 +138,7 @@ def test_received_attention_and_rollout_equal_eager_computations(toy_sample):
     lm, inputs, layout, context, attentions = toy_sample
     video, t = layout["video_features"], layout.seq_len
     question = layout["question"]
-    text = [q for q in range(t) if q not in set(layout["video"].tolist())]
+    text = list(range(int(layout["video"].max()) + 1, t))  # the text after the video span
     rollout = np.eye(t)
     for layer, a in enumerate(attentions):
         mean = a.mean(0).double().numpy()
@@ -193,7 +192,7 @@ def test_temporal_novelty_and_divprune_from_embeddings(toy_sample):
 def test_missing_stored_data_names_the_trace_option(toy_sample):
     lm, inputs, layout, context, _ = toy_sample
     bare = ScoreContext(None, "s", trace=context.trace)
-    with pytest.raises(FlowlensError, match="value-norm option"):
+    with pytest.raises(FlowlensError, match="--value-norms"):
         score("value_norm", bare)
     with pytest.raises(FlowlensError, match="--activations 'blocks.0.hook_resid_pre@video_features'"):
         score("divprune", ScoreContext(None, "s", trace=_without_activations(context.trace)))
@@ -299,6 +298,11 @@ def test_cli_prune_with_a_spec_file(tmp_path):
     assert code == 0
     run = flowlens.open_run(out / "prune.h5")
     assert run.config["settings"]["spec"] == PruneSpec.from_dict(spec).to_dict()
+    run.close()
+    # the spec is part of the run's identity: resuming with another spec is refused
+    path.write_text(PruneSpec.from_dict(spec | {"budgets": [0.5]}).to_yaml())
+    args = ["prune", "toy", "--dataset", "synthetic", "--limit", "2", "--spec", str(path), "--out", str(out)]
+    assert main([*args, "--resume"]) == 2
 
 
 @needs_toy
@@ -316,7 +320,7 @@ def test_scores_from_a_stored_trace_equal_the_in_memory_trace(tmp_path, toy_samp
     stored = ScoreContext(run, run.samples[0])
     for name, params in [("attn_last", {"layer": 1}), ("attn_question", {"layer": 2}), ("divprune", {})]:
         np.testing.assert_allclose(score(name, stored, **params), score(name, context, **params), atol=1e-6)
-    with pytest.raises(FlowlensError, match="received-attention option"):
+    with pytest.raises(FlowlensError, match="--received-attention"):
         score("attn_received", stored, queries="all")
 
 

@@ -89,6 +89,16 @@ class CompiledKnockout:
         t = self.allowed.shape[0]
         if q_len == k_len == t:
             return self.allowed
+        cache = self.__dict__.setdefault(
+            "_rows_cache", {}
+        )  # every layer of a forward asks for the same block
+        if (q_len, k_len) not in cache:
+            cache.clear()
+            cache[(q_len, k_len)] = self._rows(q_len, k_len)
+        return cache[(q_len, k_len)]
+
+    def _rows(self, q_len: int, k_len: int) -> torch.Tensor:
+        t = self.allowed.shape[0]
         positions = torch.arange(k_len - q_len, k_len, device=self.allowed.device)
         rows = self.allowed[positions.clamp(max=t - 1)]  # generated tokens follow the `last` row
         if k_len > t:

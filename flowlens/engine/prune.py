@@ -22,6 +22,7 @@ docs/pruning.md for where they differ).
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections import defaultdict
@@ -46,9 +47,15 @@ MaskItem = tuple[int, tuple[int, ...]]
 DropItem = tuple[int, tuple[int, ...], str]
 
 
+@functools.lru_cache(maxsize=8)
+def _causal(seq_len: int, device: str) -> torch.Tensor:
+    """(T, T) bool lower triangle, built once per length and device (bool `tril_` is slow on CPU)."""
+    return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril_()
+
+
 def pruned_allowed(seq_len: int, pruned: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
     """(T, T) allowed pattern: causal, no query may attend a pruned key except the pruned token itself."""
-    allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril_()
+    allowed = _causal(seq_len, str(device)).clone()
     index = torch.as_tensor(list(pruned), dtype=torch.long, device=device)
     if index.numel():
         allowed[:, index] = False
@@ -83,11 +90,13 @@ def run_mask(clean: CleanRun, items: Sequence[MaskItem], batch_size: int = 32) -
             results[item] = clean.logits.clone()
         else:
             compiled[item] = knockout
-    order = sorted(compiled, key=lambda i: (i[0], compiled[i].first_changed_position))
+    # the first row a pruned set changes is the one after its first pruned token (earlier rows see no pruned key)
+    first = {item: min(item[1]) + 1 for item in compiled}
+    order = sorted(compiled, key=lambda i: (i[0], first[i]))
     for offset in range(0, len(order), batch_size):
         chunk = order[offset : offset + batch_size]
         start = min(item[0] for item in chunk)
-        position = min(compiled[item].first_changed_position for item in chunk)
+        position = min(first[item] for item in chunk)
         logits = clean.run_from(start, [compiled[item] for item in chunk], position)
         for item, row in zip(chunk, logits, strict=True):
             results[item] = row

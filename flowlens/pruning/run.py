@@ -22,7 +22,6 @@ from flowlens.analyses.trace import TraceOptions, check_context, trace_sample
 from flowlens.engine.prune import measure_prefill, run_drop, run_mask
 from flowlens.engine.resume import CleanRun
 from flowlens.pruning.cost import ModelShape, cost_columns
-from flowlens.pruning.extras import EXTRAS, attention_extras
 from flowlens.pruning.policies import select
 from flowlens.pruning.scorers import EMBEDDINGS, ScoreContext, score
 from flowlens.pruning.spec import METHOD, Condition, PruneSpec, ScorerSpec, apply_debias
@@ -40,7 +39,7 @@ def scorer_needs(scorer: ScorerSpec) -> set[str]:
 
     if scorer.name == "attn_received":
         queries = dict(scorer.params).get("queries", "question")
-        return {"question_to_video"} if queries == "question" else {f"received_{queries}"}
+        return {"question_to_video"} if queries == "question" else {"received_attention"}
     return set(SCORERS[scorer.name].needs)
 
 
@@ -142,14 +141,19 @@ def prune_sample(lm: VideoLM, sample: Sample, spec: PruneSpec, options: PruneRun
     sample.validate(require_options=True)
     needs = spec_needs(spec)
     activations = [f"{EMBEDDINGS[0]}@{EMBEDDINGS[1]}"] if "embeddings" in needs else []
-    trace = trace_sample(
-        lm, sample, TraceOptions(frames=options.frames, activations=activations, activations_dtype="float32")
+    options_ = TraceOptions(
+        frames=options.frames,
+        activations=activations,
+        activations_dtype="float32",
+        received_attention="received_attention" in needs,
+        rollout="rollout" in needs,
+        value_norms="value_norm" in needs,
     )
+    trace = trace_sample(lm, sample, options_)
     layout = trace.layout
     inputs, _ = lm.prepare(sample, frames=options.frames)
     check_context(lm, layout)
-    extras = attention_extras(lm, inputs, layout) if needs & set(EXTRAS) else {}
-    context = ScoreContext(None, str(sample.id), trace=trace, arrays=extras)
+    context = ScoreContext(None, str(sample.id), trace=trace)
     conditions = spec.conditions()
     keeps, _ = keep_sets(conditions, context)
     video = np.asarray(layout["video_features"])

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flowlens.engine.capture import RECEIVED_QUERIES, ROLLOUT_QUERIES, query_positions
 from flowlens.errors import FlowlensError
 
 if TYPE_CHECKING:
@@ -33,14 +34,10 @@ STORED = {
     "question_to_video": "every trace (question rows over video tokens, head mean)",
     "embeddings": "a trace with `--activations 'blocks.0.hook_resid_pre@video_features'` (the LLM-input "
     "embeddings of the video tokens; `flowlens prune` stores them itself when a scorer needs them)",
-    "received_all": "(L, V) attention each video token receives, summed over all queries, head mean: the "
-    "trace's received-attention option; `flowlens prune` computes it in one extra forward when missing",
-    "received_text": "(L, V) the same summed over the text queries (every position outside the video span): "
-    "the trace's received-attention option; `flowlens prune` computes it in one extra forward when missing",
-    "rollout": "(L, V) attention rollout of the `last` row through layers 0..l (computed by `flowlens prune` "
-    "in one extra forward; traces do not store it)",
-    "value_norm": "(L, V) or (L, H, V) L1 norms of the video tokens' value vectors: the trace's value-norm "
-    "option (not stored by a plain trace)",
+    "received_attention": "a trace with `--received-attention` (received_attention: L x H x 3 x V, summed over "
+    "all, text and question queries)",
+    "rollout": "a trace with `--rollout` (rollout: L x 4 x V, rollout rows of last, question, text, all)",
+    "value_norm": "a trace with `--value-norms` (value_norm: L x V, L1 norms of the video tokens' value vectors)",
 }
 
 
@@ -203,19 +200,7 @@ def uniform_grid(context: ScoreContext, stride: int = 2) -> np.ndarray:
     return on_grid * 2.0 * context.n_video * n_frames - (rank * n_frames + cells[:, 0])
 
 
-QUERY_SETS = ("all", "text", "question")
-
-
-def query_positions(layout: TokenLayout, queries: str) -> np.ndarray:
-    """Positions of a query set: `all` (every position), `text` (every position outside the video span),
-    `question` (the question tokens)."""
-    if queries == "all":
-        return np.arange(layout.seq_len)
-    if queries == "text":
-        return np.setdiff1d(np.arange(layout.seq_len), layout["video"])
-    if queries == "question":
-        return np.asarray(layout["question"])
-    raise FlowlensError(f"attn_received: queries is one of {', '.join(QUERY_SETS)}, got {queries!r}")
+QUERY_SETS = RECEIVED_QUERIES  # all, text (every position after the video span), question
 
 
 def visible_queries(layout: TokenLayout, queries: str) -> np.ndarray:
@@ -225,32 +210,34 @@ def visible_queries(layout: TokenLayout, queries: str) -> np.ndarray:
     return positions.size - np.searchsorted(positions, video, side="left")
 
 
-@register_scorer("attn_received", needs=("question_to_video", "received_all", "received_text"))
+@register_scorer("attn_received", needs=("question_to_video", "received_attention"))
 def attn_received(
     context: ScoreContext, layer: int = 1, queries: str = "question", normalise: bool = False
 ) -> np.ndarray:
     """Attention each video token receives from a query set at `layer` (head mean): the mean over the set's
     queries, or with `normalise` the sum divided by the number of them that can see the token (FastV's
     attention efficiency)."""
+    if queries not in QUERY_SETS:
+        raise FlowlensError(f"attn_received: queries is one of {', '.join(QUERY_SETS)}, got {queries!r}")
     layout = context.layout
     layer = _layer(context, layer)
-    if queries == "question":
+    if queries == "question" and not context.has("received_attention"):
         total = context.array("question_to_video")[layer].sum(axis=0)
-    elif queries in ("all", "text"):
-        total = context.array(f"received_{queries}")[layer]
     else:
-        query_positions(layout, queries)  # raises
+        total = context.array("received_attention")[layer].mean(axis=0)[QUERY_SETS.index(queries)]
     if normalise:
         return total / np.maximum(visible_queries(layout, queries), 1)
     return total / max(1, query_positions(layout, queries).size)
 
 
 @register_scorer("rollout", needs=("rollout",))
-def rollout(context: ScoreContext, layer: int = -1) -> np.ndarray:
-    """Attention rollout of the `last` row (Abnar & Zuidema): the video columns of the product of
-    0.5·Ā + 0.5·I (head mean) over layers 0..`layer` (-1: every layer)."""
-    values = context.array("rollout")
-    return values[_layer(context, layer % context.layout.n_layers)]
+def rollout(context: ScoreContext, layer: int = -1, rows: str = "last") -> np.ndarray:
+    """Attention rollout (Abnar & Zuidema): the video columns of the product of 0.5·Ā + 0.5·I (head mean)
+    over layers 0..`layer` (-1: every layer), the row of `last` (or the mean row of `question`, `text`, `all`)."""
+    if rows not in ROLLOUT_QUERIES:
+        raise FlowlensError(f"rollout: rows is one of {', '.join(ROLLOUT_QUERIES)}, got {rows!r}")
+    values = context.array("rollout")[_layer(context, layer % context.layout.n_layers)]
+    return values[ROLLOUT_QUERIES.index(rows)] if values.ndim == 2 else values
 
 
 @register_scorer("value_norm", needs=("value_norm",))
