@@ -54,6 +54,24 @@ def test_corruptions_change_pixels_only():
         Corruption.parse("mask:9").apply(clean)
 
 
+def test_a_different_video_replaces_every_frame_at_the_clean_size(tmp_path):
+    clean = _frames(4)
+    from PIL import Image
+
+    folder = tmp_path / "other"  # an image folder is a video to flowlens
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 10, 3), 200 - 40 * i, dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    spec = Corruption.parse(f"video:{folder}")
+    assert str(spec) == f"video:{folder}" and Corruption.parse(str(spec)) == spec
+    out = spec.apply(clean)
+    assert out.frames.shape == clean.frames.shape  # resized to the clean frames' (4, 5)
+    assert list(out.frames[:, 2, 2, 0]) == [200, 160, 120, 80]  # frame i of the other video, in order
+    assert np.array_equal(out.indices, clean.indices)  # the prompt (timestamps) stays the clean one's
+    with pytest.raises(FlowlensError, match="corruption video:"):
+        Corruption.parse(f"video:{tmp_path / 'missing.mp4'}").apply(clean)
+
+
 def test_cell_names_parse():
     assert PatchCell.parse("frame3@blocks.5.hook_resid_post") == PatchCell("frame3", 5, "hook_resid_post")
     assert str(PatchCell.parse("last@blocks.2.hook_z.h1")) == "last@blocks.2.hook_z.h1"

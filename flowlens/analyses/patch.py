@@ -44,7 +44,8 @@ class PatchOptions:
     """What a patching sweep patches and how it corrupts; defaults: reversed frames, residual stream, both directions."""
 
     corruption: str = option(
-        "reverse", "corrupted video: reverse, shuffle[:SEED], replace:F=S, mask:F or noise:SIGMA[:SEED]"
+        "reverse",
+        "corrupted video: reverse, shuffle[:SEED], replace:F=S, mask:F, noise:SIGMA[:SEED] or video:PATH",
     )
     frames: int = option(8, "frames sampled from each video")
     hooks: list[str] = option(
