@@ -95,10 +95,13 @@ def register_analysis(cls: type[Analysis]) -> type[Analysis]:
 
 
 def analyses() -> dict[str, Analysis]:
-    """Every registered analysis by name (the built-in ones imported on first use)."""
+    """Every registered analysis by name: the built-in ones (imported on first use) in `_BUILTIN` order, then
+    others in registration order, so the CLI and its generated docs never depend on what was imported first."""
     for module in _BUILTIN:
         importlib.import_module(module)
-    return dict(_ANALYSES)
+    rank = {module: i for i, module in enumerate(_BUILTIN)}
+    order = sorted(_ANALYSES, key=lambda name: rank.get(type(_ANALYSES[name]).__module__, len(rank)))
+    return {name: _ANALYSES[name] for name in order}
 
 
 def analysis(name: str) -> Analysis:
