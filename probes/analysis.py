@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowlens.analyses.options import all_settings, results_settings
+from flowlens.analyses.derived import write_derived_run
 from flowlens.analyses.registry import Analysis, register_analysis
 from flowlens.analyses.runner import RunControl
 from flowlens.errors import NothingToDoError, UsageError
@@ -48,7 +48,6 @@ def source_run(folder: Path) -> Run:
 def write_probes(source: Run, options: ProbeOptions, control: RunControl, progress: bool = True) -> Run:
     """Probe `source` and write `<control.out>/probe.h5` (+ `probe.html` unless `control.report` is off)."""
     from flowlens.report.html import write_report
-    from flowlens.store.hdf5 import RunWriter
     from probes.sweep import probe_run
 
     check_run(source, options)  # missing activations: an error before any fitting
@@ -56,31 +55,10 @@ def write_probes(source: Run, options: ProbeOptions, control: RunControl, progre
     table = probe_run(source, options, progress=progress)
     if table.empty:
         raise NothingToDoError(f"nothing probed in {source.path}")
-    identity = {
-        "analysis": NAME,
-        "model": source.config.get("model"),
-        "revision": source.config.get("revision"),
-        "settings": results_settings(options),
-        "source": source.config.get("identity", {}),
-        "samples": list(source.traced),
-    }
-    config = {
-        "analysis": NAME,
-        "model": source.config.get("model"),
-        "revision": source.config.get("revision"),
-        "source": str(source.path),
-        "settings": all_settings(options),
-        "dataset": source.config.get("dataset", {}),
-        "identity": identity,
-    }
     path = folder / f"{NAME}.h5"
-    with RunWriter(
-        path, config, source.model_info, resume=control.resume, overwrite=control.overwrite
-    ) as out:
-        for sample, reason in source.failures.items():
-            if sample not in out.failed():
-                out.write_failure(sample, reason, source.failure_metadata(sample))
-        out.write_run_table("probes", {column: table[column].tolist() for column in table.columns})
+    write_derived_run(
+        NAME, source, options, path, {"probes": table}, resume=control.resume, overwrite=control.overwrite
+    )
     run = open_run(path)
     if control.report:
         write_report(run, path.with_suffix(".html"))

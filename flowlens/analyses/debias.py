@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowlens.analyses.options import all_settings, option, positive, results_settings
+from flowlens.analyses.derived import write_derived_run
+from flowlens.analyses.options import option, positive
 from flowlens.analyses.registry import Analysis, register_analysis
 from flowlens.analyses.runner import RunControl
 from flowlens.errors import FlowlensError
@@ -90,36 +91,20 @@ def write_debias(source: Run, options: DebiasOptions, control: RunControl) -> Ru
     """Fit and diagnose `source`; write `<control.out>/debias.h5` (+ `debias.html` unless report is off)."""
     from flowlens.analyses.debias_tables import debias_tables
     from flowlens.report.html import write_report
-    from flowlens.store.hdf5 import RunWriter
 
     tables = debias_tables(source, options)
     folder = control.folder(NAME)
-    identity = {
-        "analysis": NAME,
-        "model": source.config.get("model"),
-        "revision": source.config.get("revision"),
-        "settings": results_settings(options),
-        "source": source.config.get("identity", {}),
-        "samples": list(source.traced),
-    }
-    config = {
-        "analysis": NAME,
-        "model": source.config.get("model"),
-        "revision": source.config.get("revision"),
-        "source": str(source.path),
-        "settings": {**all_settings(options), "frames": source.config.get("settings", {}).get("frames")},
-        "dataset": source.config.get("dataset", {}),
-        "identity": identity,
-    }
     path = folder / f"{NAME}.h5"
-    with RunWriter(
-        path, config, source.model_info, resume=control.resume, overwrite=control.overwrite
-    ) as out:
-        for sample, reason in source.failures.items():
-            if sample not in out.failed():
-                out.write_failure(sample, reason, source.failure_metadata(sample))
-        for name, table in tables.items():
-            out.write_run_table(name, {column: table[column].tolist() for column in table.columns})
+    write_derived_run(
+        NAME,
+        source,
+        options,
+        path,
+        tables,
+        settings={"frames": source.config.get("settings", {}).get("frames")},
+        resume=control.resume,
+        overwrite=control.overwrite,
+    )
     run = open_run(path)
     if control.report:
         write_report(run, path.with_suffix(".html"))
