@@ -95,7 +95,7 @@ def bench_prune_sweep(samples: int = 32, batch_size: int = 32) -> dict:
         start = time.perf_counter()
         naive = torch.stack([full_forward(lm, inputs, layout, k, pruned) for k, pruned in items])
         naive_s += time.perf_counter() - start
-        max_diff = max(max_diff, float((ours - naive).abs().max()))
+        max_diff = max(max_diff, float((ours - naive).detach().abs().max()))
         same &= bool(torch.equal(ours.argmax(-1), naive.argmax(-1)))
     row = {
         "samples": samples,

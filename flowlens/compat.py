@@ -206,6 +206,15 @@ def uses_mrope(text_config: Any) -> bool:
     return False
 
 
+def uses_sliding_window(text_config: Any) -> bool:
+    """Whether any language layer attends through a sliding window (`layer_types`, or Qwen2's `use_sliding_window`)."""
+    if "sliding_attention" in (getattr(text_config, "layer_types", None) or ()):
+        return True
+    return bool(getattr(text_config, "use_sliding_window", False)) and bool(
+        getattr(text_config, "sliding_window", None)
+    )
+
+
 def is_mrope(position_ids: torch.Tensor) -> bool:
     """Whether recorded position ids are multi-axis rotary ids (Qwen2-VL/2.5-VL/3-VL: (3|4, 1, T))."""
     return position_ids.dim() == 3

@@ -14,7 +14,15 @@ from reference_knockout import reference_logits_per_layer
 import flowlens
 from flowlens.analyses.trace import trace_sample
 from flowlens.compat import language_attention_implementation
-from flowlens.engine.prune import run_drop, run_mask
+from flowlens.engine.prune import (
+    _compact_batches,
+    compact_supported,
+    kept_positions,
+    run_drop,
+    run_mask,
+    run_mask_compact,
+    run_mask_full,
+)
 from flowlens.engine.resume import CleanRun
 from flowlens.errors import FlowlensError
 from flowlens.pruning.scorers import ScoreContext, maxmin_order, score
@@ -65,6 +73,55 @@ def test_mask_mode_equals_explicit_mask_knockout(family):
             lm, inputs, layout, {layer: mask for layer in range(k, layout.n_layers)}
         )
         torch.testing.assert_close(row, reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["toy", "llava_next_video", "qwen2_vl", "qwen3_vl"])
+def test_compact_mask_mode_equals_every_row_under_the_mask(family):
+    """Only the kept rows after the first pruned one run (padded batches, KV-cache prefix): same logits as
+    recomputing every row under the explicit allowed matrix, for M-RoPE and DeepStack families too."""
+    if family == "toy" and not (TOY_DIR / "config.json").exists():
+        pytest.skip("toy weights not built")
+    lm = flowlens.load("toy") if family == "toy" else tiny(family)
+    inputs, layout = lm.prepare(make_sample(random_video(frames=FRAMES)), frames=FRAMES)
+    clean = CleanRun(lm, inputs, layout)
+    video = layout["video_features"]
+    late = tuple(int(p) for p in video[video.size // 2 :: 3])  # first pruned token mid-video
+    items = [
+        (k, some_pruned(layout, share, seed))
+        for k in (0, 1)
+        for share, seed in [(0.5, 0), (0.9, 1), (0.1, 2)]
+    ]
+    items += [(1, late), (2, (int(video[0]),))]
+    compact = run_mask_compact(clean, items)
+    full = run_mask_full(clean, items)
+    for (k, pruned), a, b in zip(items, compact, full, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        assert float((a - clean.logits).abs().max()) > 1e-5, (k, len(pruned))  # pruning changed something
+    batches = list(
+        _compact_batches(
+            [i for i in items if i[0] == 1], {i: kept_positions(layout.seq_len, i[1]) for i in items}, 32
+        )
+    )
+    assert sum(map(len, batches)) == 4 and len(batches) < 4  # keep-sets of different lengths shared a batch
+
+
+def test_compact_mask_mode_refuses_sliding_windows_and_checks_itself(monkeypatch):
+    lm = tiny("llava_next_video")
+    inputs, layout = lm.prepare(make_sample(random_video(frames=FRAMES)), frames=FRAMES)
+    clean = CleanRun(lm, inputs, layout)
+    assert compact_supported(clean)
+    config = lm.adapter.text_config
+    monkeypatch.setattr(config, "layer_types", ["full_attention", "sliding_attention"], raising=False)
+    assert not compact_supported(clean)  # a window counts cache slots: the pruned tokens' slots are gone
+    monkeypatch.undo()
+    # the once-per-model canary: a compact run that drifted from the full-row run is an error, not a number
+    from flowlens.engine import prune as engine
+
+    engine._COMPACT_CHECKED.discard(lm.model)
+    real = engine.compact_forward
+    monkeypatch.setattr(engine, "compact_forward", lambda *a, **k: real(*a, **k) + 0.1)
+    with pytest.raises(flowlens.compat.CompatError, match="compact mask mode"):
+        run_mask(clean, [(1, some_pruned(layout))])
 
 
 @pytest.mark.parametrize("family", ["toy", "qwen2_vl"])
@@ -303,6 +360,77 @@ def test_cli_prune_with_a_spec_file(tmp_path):
     path.write_text(PruneSpec.from_dict(spec | {"budgets": [0.5]}).to_yaml())
     args = ["prune", "toy", "--dataset", "synthetic", "--limit", "2", "--spec", str(path), "--out", str(out)]
     assert main([*args, "--resume"]) == 2
+
+
+@needs_toy
+def test_prune_run_dir_scores_from_the_stored_trace_without_tracing(tmp_path, monkeypatch):
+    """`flowlens prune RUN_DIR`: the trace's stored arrays give the scores (no trace forward), its model,
+    samples and template are reused, and the rows equal pruning the model directly."""
+    from flowlens.cli import main
+    from flowlens.pruning import run as prune_run
+
+    spec_path = tmp_path / "spec.yaml"
+    spec = load_spec("fastv").to_dict() | {"budgets": [0.5, 0.25], "modes": ["mask", "drop"], "layers": [1]}
+    spec["scorers"] = [
+        {"name": "attn_last", "layer": 0},
+        {"name": "attn_received", "layer": 1, "queries": "all"},
+    ]
+    spec_path.write_text(PruneSpec.from_dict(spec).to_yaml())
+    data = ["--dataset", "synthetic", "--limit", "3"]
+    assert main(["trace", "toy", *data, "--out", str(tmp_path / "t")]) == 0
+    # the trace lacks received attention: refused before any work, naming the flag that stores it
+    assert main(["prune", str(tmp_path / "t"), "--spec", str(spec_path)]) == 2
+    assert (
+        main(
+            [
+                "trace",
+                "toy",
+                *data,
+                "--received-attention",
+                "--out",
+                str(tmp_path / "t"),
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "prune",
+                "toy",
+                *data,
+                "--spec",
+                str(spec_path),
+                "--out",
+                str(tmp_path / "direct"),
+            ]
+        )
+        == 0
+    )
+    monkeypatch.setattr(prune_run, "trace_sample", lambda *a, **k: pytest.fail("traced again"))
+    assert main(["prune", str(tmp_path / "t"), "--spec", str(spec_path)]) == 0
+    direct = flowlens.open_run(tmp_path / "direct" / "prune.h5")
+    stored = flowlens.open_run(tmp_path / "t" / "prune.h5")
+    a, b = direct.table("prune"), stored.table("prune")
+    assert (
+        len(a) == len(b) == 3 * 2 * (2 + 2 * (2 + 3 + 1))
+    )  # modes x (controls + budgets x (scorers, seeds, grid))
+    for column in ("sample", "spec", "kept", "answer", "correct", "agree"):
+        assert a[column].tolist() == b[column].tolist(), column
+    np.testing.assert_allclose(a["kl"], b["kl"], atol=1e-6)
+    assert stored.config["identity"]["dataset"] == direct.config["identity"]["dataset"]
+    assert stored.config["settings"]["scores_from"]["trace"]["analysis"] == "trace"
+    direct.close()
+    stored.close()
+    from flowlens.analyses.prune import PruneOptions, prune
+
+    trace = flowlens.open_run(tmp_path / "t" / "trace.h5")
+    lm = flowlens.load("toy")
+    samples = flowlens.data.load("synthetic", split="test", limit=1)
+    with pytest.raises(FlowlensError, match="traced with 8 frames"):
+        prune(lm, samples, spec, tmp_path / "x", PruneOptions(frames=4), trace=trace, progress=False)
+    trace.close()
 
 
 @needs_toy

@@ -25,6 +25,7 @@ import contextlib
 import functools
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ from flowlens import compat
 from flowlens.engine.backend import language_attention
 from flowlens.engine.head import head_logits_fp32
 from flowlens.engine.masks import CompiledKnockout
+from flowlens.engine.resume import canary_tolerance
 from flowlens.errors import FlowlensError
 
 if TYPE_CHECKING:
@@ -73,34 +75,177 @@ def prune_knockout(
     return CompiledKnockout(allowed, frozenset(range(layer, n_layers)), None, f"prune@{layer}")
 
 
-def run_mask(clean: CleanRun, items: Sequence[MaskItem], batch_size: int = 32) -> list[torch.Tensor]:
+def run_mask(
+    clean: CleanRun, items: Sequence[MaskItem], batch_size: int = 32, compact: bool | None = None
+) -> list[torch.Tensor]:
     """Logits at `last` (vocab,) of each keep-set in mask mode; identical keep-sets run once.
 
     A keep-set that prunes nothing (or prunes after the last layer) is the clean run and is not re-run.
-    The others are sorted by (K, first changed row) and batched; a batch starts at its smallest K and
-    first changed row (a row whose K is later runs clean layers until then), with one clean canary row.
+    `compact` (default: wherever the model allows it, see `compact_supported`) computes only the rows whose
+    output is read (`run_mask_compact`); otherwise every row runs under the explicit allowed matrix
+    (`run_mask_full`). Both compute the same function; they differ by float rounding (~1e-6 in logits).
     """
     distinct = list(dict.fromkeys((int(k), tuple(int(p) for p in pruned)) for k, pruned in items))
-    t, device = clean.layout.seq_len, clean.logits.device
     results: dict[MaskItem, torch.Tensor] = {}
-    compiled: dict[MaskItem, CompiledKnockout] = {}
+    changed = []
     for item in distinct:
-        knockout = prune_knockout(t, item[1], item[0], clean.n_layers, device)
-        if knockout is None:
+        if not item[1] or item[0] >= clean.n_layers:
             results[item] = clean.logits.clone()
         else:
-            compiled[item] = knockout
+            changed.append(item)
+    if compact is None:
+        compact = compact_supported(clean)
+    runner = run_mask_compact if compact else run_mask_full
+    results.update(zip(changed, runner(clean, changed, batch_size), strict=True))
+    return [results[(int(k), tuple(int(p) for p in pruned))] for k, pruned in items]
+
+
+def run_mask_full(clean: CleanRun, items: Sequence[MaskItem], batch_size: int = 32) -> list[torch.Tensor]:
+    """Mask mode through the knockout engine: every row recomputed under the keep-set's allowed matrix.
+
+    Keep-sets are sorted by (K, first changed row) and batched; a batch starts at its smallest K and first
+    changed row (a row whose K is later runs clean layers until then), with one clean canary row.
+    """
+    t, device = clean.layout.seq_len, clean.logits.device
+    compiled = {item: prune_knockout(t, item[1], item[0], clean.n_layers, device) for item in items}
     # the first row a pruned set changes is the one after its first pruned token (earlier rows see no pruned key)
-    first = {item: min(item[1]) + 1 for item in compiled}
-    order = sorted(compiled, key=lambda i: (i[0], first[i]))
+    first = {item: min(item[1]) + 1 for item in items}
+    order = sorted(items, key=lambda i: (i[0], first[i]))
+    results: dict[MaskItem, torch.Tensor] = {}
     for offset in range(0, len(order), batch_size):
         chunk = order[offset : offset + batch_size]
         start = min(item[0] for item in chunk)
         position = min(first[item] for item in chunk)
         logits = clean.run_from(start, [compiled[item] for item in chunk], position)
-        for item, row in zip(chunk, logits, strict=True):
-            results[item] = row
-    return [results[(int(k), tuple(int(p) for p in pruned))] for k, pruned in items]
+        results.update(zip(chunk, logits, strict=True))
+    return [results[item] for item in items]
+
+
+def compact_supported(clean: CleanRun) -> bool:
+    """Whether the compact mask mode is exact for this model: not with sliding-window layers (a window
+    counts cache slots, and the compact run leaves the pruned tokens' slots out)."""
+    return not compat.uses_sliding_window(clean.lm.adapter.text_config)
+
+
+# a compact batch may pad shorter keep-sets up to its longest one while the padded rows stay within this
+# multiple of the real rows (fewer, larger forwards; small models are bound by per-forward overhead)
+PAD_BUDGET = 1.5
+
+
+def run_mask_compact(clean: CleanRun, items: Sequence[MaskItem], batch_size: int = 32) -> list[torch.Tensor]:
+    """Mask mode computing only the rows another row reads: the kept positions after the first pruned one.
+
+    From layer K on a pruned token's keys and values are read by no other query and its own row reaches
+    no later layer's input elsewhere, so its rows need not be computed at all: a keep-set's run is the
+    clean keys and values of the positions before its first pruned token (a KV-cache prefix, layers >= K)
+    followed by its kept positions only, each with its original position id. Keep-sets with the same K
+    run as one batch from the batch's smallest first pruned position; shorter ones are padded at the end
+    with copies of `last` (causal: no real row sees them) while padding stays under `PAD_BUDGET`.
+    The first compact batch of a model is checked once against `run_mask_full`.
+    """
+    t = clean.layout.seq_len
+    kept = {item: kept_positions(t, item[1]) for item in items}
+    by_layer: dict[int, list[MaskItem]] = defaultdict(list)
+    for item in items:
+        by_layer[item[0]].append(item)
+    results: dict[MaskItem, torch.Tensor] = {}
+    for layer, members in sorted(by_layer.items()):
+        for chunk in _compact_batches(members, kept, batch_size):
+            position = min(item[1][0] for item in chunk)
+            suffixes = [kept[item][kept[item] >= position] for item in chunk]
+            lengths = [len(rows) for rows in suffixes]
+            width = max(lengths)
+            padded = np.stack(
+                [np.pad(rows, (0, width - len(rows)), constant_values=t - 1) for rows in suffixes]
+            )
+            logits = compact_forward(
+                clean, layer, position, torch.as_tensor(padded), torch.as_tensor(lengths) - 1
+            )
+            results.update(zip(chunk, logits, strict=True))
+    if items:
+        _check_compact_once(clean, items[0], results[items[0]])
+    return [results[item] for item in items]
+
+
+def _compact_batches(
+    members: list[MaskItem], kept: dict[MaskItem, np.ndarray], batch_size: int
+) -> Iterator[list[MaskItem]]:
+    """Keep-sets of one K in batches, longest first; a batch closes when it is full or padding would exceed
+    `PAD_BUDGET` (lengths counted from the K's first pruned position, an upper bound of the batch's own)."""
+    start = min(item[1][0] for item in members)
+    length = {item: int((kept[item] >= start).sum()) for item in members}
+    batch: list[MaskItem] = []
+    for item in sorted(members, key=lambda i: (-length[i], i[1][0])):
+        real = sum(length[i] for i in batch) + length[item]
+        if batch and (len(batch) == batch_size or length[batch[0]] * (len(batch) + 1) > PAD_BUDGET * real):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def compact_forward(
+    clean: CleanRun, layer: int, position: int, rows: torch.Tensor, last: torch.Tensor
+) -> torch.Tensor:
+    """Logits (B, vocab) at row `last[b]` of each batch element: layers >= `layer` run on positions `rows`
+    (B, n; non-decreasing, all >= `position`) after the clean keys and values of positions < `position`,
+    with their original position ids."""
+    t, device = clean.layout.seq_len, clean.logits.device
+    rows = rows.to(device)
+    batch, n = rows.shape
+    ids = compat.recorded_position_ids(clean.call, t, device)
+    kwargs = compat.shortened_call(clean.call, rows, compat.position_ids_at(ids, rows), layer)
+    kwargs["inputs_embeds"] = clean.residual_input(layer)[0][rows]
+    cache = None
+    if position > 0:
+        recorded = clean.call.get("attention_mask")
+        prefix = (
+            recorded[:, :position]
+            if isinstance(recorded, torch.Tensor) and recorded.dim() == 2
+            else torch.ones(1, position, dtype=kwargs["attention_mask"].dtype, device=device)
+        )
+        kwargs["attention_mask"] = torch.cat([prefix.expand(batch, -1), kwargs["attention_mask"]], dim=1)
+        cache = compat.prefix_cache(clean.keys, clean.values, position, batch, first_layer=layer)
+        kwargs[clean.cache_keyword] = cache
+    kwargs["use_cache"] = cache is not None
+    with language_attention(clean.lm.model), compat.decoder_layers_from(clean.language_model, layer):
+        hidden = clean.language_model(**kwargs).last_hidden_state
+    if cache is not None and compat.cache_length(cache, layer) != position + n:
+        raise compat.CompatError(
+            "KV-cache hand-off (compact mask mode)",
+            f"after a forward of {n} rows on a {position}-position prefix the cache holds "
+            f"{compat.cache_length(cache, layer)} positions: the language model ignored the cache",
+        )
+    final = hidden[torch.arange(batch, device=device), last.to(device)]
+    return head_logits_fp32(clean.lm.adapter.output_head(), final)
+
+
+_COMPACT_CHECKED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+def _check_compact_once(clean: CleanRun, item: MaskItem, logits: torch.Tensor) -> None:
+    """Runtime canary, once per loaded model: a compact keep-set must equal the full-row mask run.
+
+    The compact run leans on transformers numbering cache slots by `cache_position` (not by the position
+    ids, which skip the pruned tokens); a release that changed that would silently let rows attend
+    later ones. The check costs one full-row run of one keep-set.
+    """
+    model = clean.lm.model
+    if model in _COMPACT_CHECKED:
+        return
+    (reference,) = run_mask_full(clean, [item], batch_size=1)
+    error = float((logits - reference).abs().max())
+    tolerance = canary_tolerance(clean.lm.dtype, reference)
+    if not error <= tolerance:
+        raise compat.CompatError(
+            "compact mask mode (canary)",
+            f"a keep-set run on its kept rows differs from the same keep-set run under the full mask by "
+            f"{error:.3g} in logits (tolerance {tolerance:.3g}): pruning numbers would be wrong; "
+            "pass compact=False",
+        )
+    _COMPACT_CHECKED.add(model)
 
 
 def kept_positions(seq_len: int, pruned: Sequence[int]) -> np.ndarray:

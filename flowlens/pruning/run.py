@@ -21,9 +21,10 @@ from flowlens.analyses.readout import answer_readout
 from flowlens.analyses.trace import TraceOptions, check_context, trace_sample
 from flowlens.engine.prune import measure_prefill, run_drop, run_mask
 from flowlens.engine.resume import CleanRun
+from flowlens.errors import FlowlensError
 from flowlens.pruning.cost import ModelShape, cost_columns
 from flowlens.pruning.policies import select
-from flowlens.pruning.scorers import EMBEDDINGS, ScoreContext, score
+from flowlens.pruning.scorers import EMBEDDINGS, STORED, ScoreContext, score
 from flowlens.pruning.spec import METHOD, Condition, PruneSpec, ScorerSpec, apply_debias
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from flowlens.models.base import VideoLM
     from flowlens.models.layout import TokenLayout
     from flowlens.store.records import AnswerReadout
+    from flowlens.store.run import Run
 
 
 def scorer_needs(scorer: ScorerSpec) -> set[str]:
@@ -46,6 +48,51 @@ def scorer_needs(scorer: ScorerSpec) -> set[str]:
 def spec_needs(spec: PruneSpec) -> set[str]:
     """What the spec's scorers (and the controls) read, over every scorer."""
     return set().union(*(scorer_needs(s) for s in spec.scorers))
+
+
+def trace_options(spec: PruneSpec, frames: int) -> TraceOptions:
+    """The trace that stores what the spec's scorers read (and nothing they do not)."""
+    needs = spec_needs(spec)
+    return TraceOptions(
+        frames=frames,
+        activations=[f"{EMBEDDINGS[0]}@{EMBEDDINGS[1]}"] if "embeddings" in needs else [],
+        activations_dtype="float32",
+        received_attention="received_attention" in needs,
+        rollout="rollout" in needs,
+        value_norms="value_norm" in needs,
+    )
+
+
+def stored_layout(stored: Run, sample_id: str, now: TokenLayout) -> TokenLayout:
+    """The layout `stored` traced the sample with; a FlowlensError when it has no trace of it or the model
+    now lays it out (`now`) differently (other frames, template, processor), which would misplace scores."""
+    if sample_id not in stored.traced:
+        raise FlowlensError(f"sample {sample_id!r} has no complete trace in {stored.path}")
+    layout = stored.layout(sample_id)
+    same = layout.seq_len == now.seq_len and np.array_equal(
+        np.asarray(layout["video_features"]), np.asarray(now["video_features"])
+    )
+    if not same or not np.array_equal(layout.video_cells, now.video_cells):
+        raise FlowlensError(
+            f"sample {sample_id!r}: the trace in {stored.path} laid it out as {layout.seq_len} tokens "
+            f"({layout.n_video} video), the model now as {now.seq_len} ({now.n_video} video); trace and prune "
+            "must use the same model, frames and prompt template"
+        )
+    return layout
+
+
+def missing_in_trace(stored: Run, spec: PruneSpec) -> list[str]:
+    """What the spec's scorers read that the trace run did not store (checked on its first traced sample)."""
+    first = stored.traced[0]
+    held = set(stored.arrays(first))
+    missing = []
+    for need in sorted(spec_needs(spec)):
+        if need == "embeddings":
+            if tuple(EMBEDDINGS) not in set(stored.activation_names(first)):
+                missing.append(f"embeddings: {STORED['embeddings']}")
+        elif need not in held:
+            missing.append(f"{need}: {STORED.get(need, 'a trace option that stores it')}")
+    return missing
 
 
 @dataclass
@@ -136,24 +183,24 @@ class PruneRunOptions:
 
 
 @torch.no_grad()
-def prune_sample(lm: VideoLM, sample: Sample, spec: PruneSpec, options: PruneRunOptions) -> SamplePrune:
-    """Every condition of `spec` (and its controls) on one sample, as rows (docs/pruning.md lists them)."""
+def prune_sample(
+    lm: VideoLM, sample: Sample, spec: PruneSpec, options: PruneRunOptions, stored: Run | None = None
+) -> SamplePrune:
+    """Every condition of `spec` (and its controls) on one sample, as rows (docs/pruning.md lists them).
+
+    `stored`: a trace run holding this sample; its stored arrays give the scores (no trace forward), after
+    checking the model lays the sample out exactly as the trace did.
+    """
     sample.validate(require_options=True)
-    needs = spec_needs(spec)
-    activations = [f"{EMBEDDINGS[0]}@{EMBEDDINGS[1]}"] if "embeddings" in needs else []
-    options_ = TraceOptions(
-        frames=options.frames,
-        activations=activations,
-        activations_dtype="float32",
-        received_attention="received_attention" in needs,
-        rollout="rollout" in needs,
-        value_norms="value_norm" in needs,
-    )
-    trace = trace_sample(lm, sample, options_)
-    layout = trace.layout
-    inputs, _ = lm.prepare(sample, frames=options.frames)
-    check_context(lm, layout)
-    context = ScoreContext(None, str(sample.id), trace=trace)
+    inputs, prepared = lm.prepare(sample, frames=options.frames)
+    check_context(lm, prepared)
+    if stored is None:
+        trace = trace_sample(lm, sample, trace_options(spec, options.frames))
+        layout, metadata = trace.layout, dict(trace.metadata)
+        context = ScoreContext(None, str(sample.id), trace=trace)
+    else:
+        layout, metadata = stored_layout(stored, str(sample.id), prepared), stored.metadata(str(sample.id))
+        context = ScoreContext(stored, str(sample.id))
     conditions = spec.conditions()
     keeps, _ = keep_sets(conditions, context)
     video = np.asarray(layout["video_features"])
@@ -204,7 +251,7 @@ def prune_sample(lm: VideoLM, sample: Sample, spec: PruneSpec, options: PruneRun
         for key, value in measured.items():
             rows[key].append(float(value))
     readout = answer_readout(clean.logits, layout, lm.tokenizer)
-    return SamplePrune(str(sample.id), layout, readout, dict(rows), dict(trace.metadata))
+    return SamplePrune(str(sample.id), layout, readout, dict(rows), metadata)
 
 
 def mrope(lm: VideoLM) -> bool:
