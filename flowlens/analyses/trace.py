@@ -18,6 +18,7 @@ from flowlens.engine.residuals import ResidualCapture
 from flowlens.engine.sizing import estimate_trace_size
 from flowlens.errors import FlowlensError
 from flowlens.hooks import DTYPES, ActivationSpec, estimate_bytes
+from flowlens.pruning.pixels import pixel_novelty
 from flowlens.store.records import SampleTrace
 
 if TYPE_CHECKING:
@@ -58,6 +59,13 @@ class TraceOptions:
         "(value_norm, L x V; scorer value_norm)",
         added_later=True,
     )
+    pixel_novelty: bool = option(
+        False,
+        "also store each video token's pixel change since the previous frame group: mean absolute RGB "
+        "difference in [0, 1] over the token's block of the frame (pixel_novelty, V; scorer temporal_novelty "
+        "mode pixels)",
+        added_later=True,
+    )
     thumbnails: int = option(
         96,
         "store each sampled frame as a thumbnail of at most this many pixels a side, for the report (0: none)",
@@ -90,7 +98,12 @@ class TraceOptions:
     def bytes_per_sample(self, layout: TokenLayout) -> int:
         """What one sample stores (trace arrays and activations) before compression."""
         size = estimate_trace_size(
-            layout, len(self.video_layers), self.received_attention, self.rollout, self.value_norms
+            layout,
+            len(self.video_layers),
+            self.received_attention,
+            self.rollout,
+            self.value_norms,
+            self.pixel_novelty,
         ).total
         return size + estimate_bytes(self.activations, layout, self.activations_dtype)
 
@@ -127,6 +140,9 @@ def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = Non
     ):
         lm.model(**inputs, logits_to_keep=1)
     logits = head_logits_fp32(lm.adapter.output_head(), grab["last"])[0]
+    frames = sampled_frames(lm, sample, options) if options.thumbnails or options.pixel_novelty else None
+    pixels = pixel_novelty(frames, layout) if frames is not None and options.pixel_novelty else None
+    thumbs = thumbnails(frames, options.thumbnails) if frames is not None and options.thumbnails else None
     return SampleTrace(
         sample_id=str(sample.id),
         layout=layout,
@@ -143,7 +159,8 @@ def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = Non
         received_attention=capture.received_attention() if options.received_attention else None,
         rollout=capture.rollout() if options.rollout else None,
         value_norm=capture.value_norm() if options.value_norms else None,
-        thumbnails=frame_thumbnails(lm, sample, options) if options.thumbnails else None,
+        pixel_novelty=pixels,
+        thumbnails=thumbs,
     )
 
 
@@ -152,10 +169,14 @@ def sample_text(sample: Sample) -> dict[str, Any]:
     return {"question": str(sample.question), "options": [str(o) for o in sample.options]}
 
 
+def sampled_frames(lm: VideoLM, sample: Sample, options: TraceOptions) -> np.ndarray:
+    """The sampled frames as the model saw them, (n, H, W, 3) uint8 (thumbnails and pixel novelty)."""
+    return np.asarray(lm.adapter.sample_frames(sample, options.frames).frames)
+
+
 def frame_thumbnails(lm: VideoLM, sample: Sample, options: TraceOptions) -> np.ndarray:
     """The sampled frames (as the model saw them) shrunk to at most `options.thumbnails` pixels a side."""
-    frames = lm.adapter.sample_frames(sample, options.frames).frames
-    return thumbnails(np.asarray(frames), options.thumbnails)
+    return thumbnails(sampled_frames(lm, sample, options), options.thumbnails)
 
 
 def thumbnails(frames: np.ndarray, size: int) -> np.ndarray:

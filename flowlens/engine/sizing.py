@@ -29,6 +29,7 @@ class TraceSize:
     received_attention: int = 0
     rollout: int = 0
     value_norm: int = 0
+    pixel_novelty: int = 0
 
     @property
     def total(self) -> int:
@@ -43,6 +44,7 @@ class TraceSize:
             + self.received_attention
             + self.rollout
             + self.value_norm
+            + self.pixel_novelty
         )
 
     def to_dict(self) -> dict[str, int]:
@@ -55,6 +57,7 @@ def estimate_trace_size(
     received_attention: bool = False,
     rollout: bool = False,
     value_norms: bool = False,
+    pixel_novelty: bool = False,
 ) -> TraceSize:
     """Bytes one traced sample takes on disk (before compression) for `layout`, names as in the run file
     (the optional arrays count only when asked for)."""
@@ -73,6 +76,7 @@ def estimate_trace_size(
         received_attention=layers * heads * 3 * n_video * F32 if received_attention else 0,
         rollout=layers * 4 * n_video * F32 if rollout else 0,
         value_norm=layers * n_video * F32 if value_norms else 0,
+        pixel_novelty=n_video * F32 if pixel_novelty else 0,
     )
 
 

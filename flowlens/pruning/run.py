@@ -37,11 +37,14 @@ if TYPE_CHECKING:
 
 def scorer_needs(scorer: ScorerSpec) -> set[str]:
     """The stored quantities one scorer (with its parameters) reads."""
-    from flowlens.pruning.scorers import SCORERS
+    from flowlens.pruning.scorers import NOVELTY_MODES, SCORERS
 
     if scorer.name == "attn_received":
         queries = dict(scorer.params).get("queries", "question")
         return {"question_to_video"} if queries == "question" else {"received_attention"}
+    if scorer.name == "temporal_novelty":
+        mode = dict(scorer.params).get("mode", "feature")
+        return {NOVELTY_MODES[mode]} if mode in NOVELTY_MODES else set(SCORERS[scorer.name].needs)
     return set(SCORERS[scorer.name].needs)
 
 
@@ -60,6 +63,7 @@ def trace_options(spec: PruneSpec, frames: int) -> TraceOptions:
         received_attention="received_attention" in needs,
         rollout="rollout" in needs,
         value_norms="value_norm" in needs,
+        pixel_novelty="pixel_novelty" in needs,
     )
 
 

@@ -38,6 +38,8 @@ STORED = {
     "all, text and question queries)",
     "rollout": "a trace with `--rollout` (rollout: L x 4 x V, rollout rows of last, question, text, all)",
     "value_norm": "a trace with `--value-norms` (value_norm: L x V, L1 norms of the video tokens' value vectors)",
+    "pixel_novelty": "a trace with `--pixel-novelty` (pixel_novelty: V, mean absolute RGB change of each video "
+    "token's block since the previous frame group; `flowlens prune` stores it itself when a scorer needs it)",
 }
 
 
@@ -256,15 +258,22 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+NOVELTY_MODES = {"feature": "embeddings", "pixels": "pixel_novelty"}  # mode -> the stored quantity it reads
+
+
 @register_scorer("temporal_novelty", needs=("embeddings",))
 def temporal_novelty(context: ScoreContext, mode: str = "feature") -> np.ndarray:
     """DTD: 1 - cosine between a token's LLM-input embedding and the same (row, col) cell of the previous
-    frame; tokens of the first frame (and cells with no predecessor) score 2, the maximum, so are kept."""
-    if mode != "feature":
+    frame; tokens of the first frame (and cells with no predecessor) score 2, the maximum, so are kept.
+    Mode `pixels`: the stored `pixel_novelty`, the mean absolute RGB change in [0, 1] of the token's block
+    of the frame since the previous frame group (group 0 and separators 1.0; `flowlens.pruning.pixels`)."""
+    if mode not in NOVELTY_MODES:
         raise FlowlensError(
-            f"temporal_novelty mode {mode!r}: traces store no patch pixels, so only mode 'feature' (LLM-input "
-            "embeddings) is available"
+            f"temporal_novelty mode {mode!r}: use {' or '.join(repr(m) for m in NOVELTY_MODES)} (LLM-input "
+            "embeddings or pixels)"
         )
+    if mode == "pixels":
+        return context.array("pixel_novelty").astype(np.float64)
     x = _unit(embeddings(context))
     cells = context.layout.video_cells
     index = {(int(f), int(r), int(c)): i for i, (f, r, c) in enumerate(cells)}

@@ -506,6 +506,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "modes": ["mask", "drop"],
         "position_ids": ["original"],
     },
+    "dtd_pixels": {
+        "name": "dtd_pixels",
+        "notes": "Differential Token Drop on pixels: keep a token whose block of the frame changed by a mean "
+        "absolute RGB difference (in [0, 1]) of at least 0.5 since the previous frame group (first-group "
+        "tokens always kept), before the LLM, original (M-RoPE) positions; the threshold is dtd's, on the "
+        "pixel scale, where 0.5 is a large change",
+        "scorers": [{"name": "temporal_novelty", "mode": "pixels"}],
+        "policies": [{"kind": "threshold", "budgets": [0.5]}],
+        "layers": [0],
+        "modes": ["mask", "drop"],
+        "position_ids": ["original"],
+    },
     "random": {
         "name": "random",
         "notes": "random tokens before the LLM (what FastV falls back to at K = 0), with the controls",
@@ -520,7 +532,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def load_spec(name_or_path: str | PruneSpec | dict[str, Any]) -> PruneSpec:
-    """A preset name (`fastv`, `fastv+debias`, `divprune`, `dtd`, `random`), a YAML/JSON file, a dict or a spec."""
+    """A preset name (`fastv`, `fastv+debias`, `divprune`, `dtd`, `dtd_pixels`, `random`), a YAML/JSON file, a
+    dict or a spec."""
     if isinstance(name_or_path, PruneSpec):
         return name_or_path
     if isinstance(name_or_path, dict):

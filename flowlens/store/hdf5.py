@@ -388,7 +388,8 @@ class RunWriter:
             _create(group, name, arrays.pop(name), axes)
         for name, (_, axes) in schema.OPTIONAL_ARRAYS.items():
             if name in arrays:
-                _create(group, name, arrays.pop(name), axes)
+                data = arrays.pop(name)  # a 1-D array (pixel_novelty) is one chunk, not one per element
+                _create(group, name, data, axes, lead=data.shape[0] if data.ndim == 1 else 1)
         if schema.THUMBNAILS in arrays:
             thumbs = arrays.pop(schema.THUMBNAILS)
             _create(group, schema.THUMBNAILS, thumbs, schema.THUMBNAIL_AXES, lead=thumbs.shape[0])
@@ -509,6 +510,7 @@ def _checked_arrays(trace: SampleTrace) -> dict[str, np.ndarray]:
         "received_attention": (n_layers, n_heads, 3, n_video),
         "rollout": (n_layers, 4, n_video),
         "value_norm": (n_layers, n_video),
+        "pixel_novelty": (n_video,),
     }
     for name, shape in optional.items():
         if getattr(trace, name, None) is not None:

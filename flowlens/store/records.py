@@ -59,6 +59,9 @@ class SampleTrace:
     - `rollout` (L, 4, V): attention rollout after each layer, video columns, mean over the rows of each set
       of `ROLLOUT_QUERIES` (`last`, `question`, `text`, `all`);
     - `value_norm` (L, V): L1 norm of each video token's value vector, mean over heads.
+    - `pixel_novelty` (V,): mean absolute RGB difference in [0, 1] between each video token's block of its
+      frame group and the same block of the previous group; 1.0 for group 0 and separator tokens
+      (`flowlens.pruning.pixels`).
     - `thumbnails` (n_sampled, h, w, 3) uint8: the sampled frames, shrunk, for the report (optional).
     """
 
@@ -77,6 +80,7 @@ class SampleTrace:
     received_attention: np.ndarray | None = None
     rollout: np.ndarray | None = None
     value_norm: np.ndarray | None = None
+    pixel_novelty: np.ndarray | None = None
     thumbnails: np.ndarray | None = None
 
     @property

@@ -183,7 +183,7 @@ class Run:
 
     def arrays(self, sample_id: str) -> list[str]:
         """Names of the per-sample arrays a traced sample holds: every `schema.ARRAYS` name and the optional
-        ones its trace stored (`received_attention`, `rollout`, `value_norm`)."""
+        ones its trace stored (`received_attention`, `rollout`, `value_norm`, `pixel_novelty`)."""
         group = self._trace_group(sample_id)
         return [*schema.ARRAYS, *(name for name in schema.OPTIONAL_ARRAYS if name in group)]
 

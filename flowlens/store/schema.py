@@ -45,6 +45,7 @@ OPTIONAL_ARRAYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "received_attention": ("float32", ("layer", "head", "query_set", "video_token")),
     "rollout": ("float32", ("layer", "query_set", "video_token")),
     "value_norm": ("float32", ("layer", "video_token")),
+    "pixel_novelty": ("float32", ("video_token",)),
 }
 THUMBNAILS = "thumbnails"  # optional (frame, y, x, rgb) uint8: the sampled frames, shrunk, for the report
 THUMBNAIL_AXES = ("frame", "y", "x", "rgb")
