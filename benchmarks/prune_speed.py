@@ -1,12 +1,13 @@
 """Pruning: a mask-mode sweep against one full forward per condition, and drop-mode cost at 25%.
 
 1. `sweep`: 6 scorers x 4 budgets, mask mode at K = 1 (K = 0 for the embedding scorers), over 32 toy
-   samples. flowlens: one clean run per sample, every keep-set resumed from it at K (reusing the clean
-   keys and values before the first pruned token) and batched. Naive: one whole-model forward per
-   condition (vision tower included, as an evaluation loop would run it), its edges blocked by the same
-   edge-suppression handler, unbatched. Timed: the re-runs
-   (clean run included for flowlens); scoring is common to both and timed apart. Numbers must be
-   identical (max |logit diff| reported).
+   samples. flowlens: one clean run per sample, every keep-set resumed from it at K on its kept rows only
+   (compact mask mode: the clean keys and values before the first pruned token, then the kept positions),
+   batched. Naive: one whole-model forward per condition (vision tower included, as an evaluation loop
+   would run it), its edges blocked by the same edge-suppression handler, unbatched. Timed: the re-runs
+   (clean run included for flowlens); scoring is common to both and timed apart. Numbers: the max
+   |logit diff| between the two, and each one's max error against the same naive forward in float64 on
+   the first `fp64_samples` samples (both are fp32 roundings of one function).
 2. `drop`: FastV (attn_last at layer 1, K = 2) keeping 25% of the video tokens of a ~4k-token sample
    on the 8-layer benchmark model: analytic prefill FLOPs (c = 2 and c = 3) and measured wall time and
    peak memory of the real shortened prefill beside the unpruned one (CPU, 2 threads).
@@ -19,6 +20,7 @@ import time
 import torch
 
 
+@torch.no_grad()
 def full_forward(lm, inputs, layout, layer: int, pruned: tuple[int, ...]) -> torch.Tensor:
     """The naive way: one whole-model forward (vision tower included) with the keep-set's edges blocked."""
     from flowlens.analyses.readout import final_hidden, head_logits_fp32
@@ -48,7 +50,7 @@ SCORERS = [
 BUDGETS = (0.5, 0.25, 0.15, 0.10)
 
 
-def bench_prune_sweep(samples: int = 32, batch_size: int = 32) -> dict:
+def bench_prune_sweep(samples: int = 32, batch_size: int = 32, fp64_samples: int = 4) -> dict:
     import flowlens
     from flowlens.analyses.trace import TraceOptions, trace_sample
     from flowlens.engine.prune import run_mask
@@ -58,7 +60,10 @@ def bench_prune_sweep(samples: int = 32, batch_size: int = 32) -> dict:
 
     torch.set_num_threads(2)
     lm = flowlens.load("toy")
+    lm64 = flowlens.load("toy")
+    lm64.model.double()
     data = flowlens.data.load("synthetic", split=f"test[:{samples}]")
+    error64 = {"flowlens": 0.0, "naive": 0.0}
     scoring_s = ours_s = naive_s = 0.0
     max_diff, same, conditions = 0.0, True, 0
     for index, sample in enumerate([data[0], *data]):  # the first sample once more, untimed: warm-up
@@ -97,6 +102,11 @@ def bench_prune_sweep(samples: int = 32, batch_size: int = 32) -> dict:
         naive_s += time.perf_counter() - start
         max_diff = max(max_diff, float((ours - naive).detach().abs().max()))
         same &= bool(torch.equal(ours.argmax(-1), naive.argmax(-1)))
+        if 1 <= index <= fp64_samples:
+            inputs64 = {k: v.double() if torch.is_floating_point(v) else v for k, v in inputs.items()}
+            exact = torch.stack([full_forward(lm64, inputs64, layout, k, p) for k, p in items]).double()
+            for name, value in (("flowlens", ours), ("naive", naive)):
+                error64[name] = max(error64[name], float((value.double() - exact).abs().max()))
     row = {
         "samples": samples,
         "conditions": conditions,
@@ -108,10 +118,14 @@ def bench_prune_sweep(samples: int = 32, batch_size: int = 32) -> dict:
         "speedup": naive_s / ours_s,
         "max_abs_logit_diff": max_diff,
         "same_argmax": same,
+        "fp64_samples": fp64_samples,
+        "max_abs_logit_error_vs_fp64_flowlens": error64["flowlens"],
+        "max_abs_logit_error_vs_fp64_naive": error64["naive"],
     }
     print(
         f"prune sweep: {conditions} conditions on {samples} toy samples: flowlens {ours_s:.1f} s, naive "
-        f"{naive_s:.1f} s, speed-up {row['speedup']:.1f}x, max |logit diff| {max_diff:.1e} (scoring {scoring_s:.1f} s)"
+        f"{naive_s:.1f} s, speed-up {row['speedup']:.1f}x, max |logit diff| {max_diff:.1e}, vs float64 "
+        f"{error64['flowlens']:.1e} (flowlens) / {error64['naive']:.1e} (naive) (scoring {scoring_s:.1f} s)"
     )
     return row
 

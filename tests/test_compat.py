@@ -278,3 +278,44 @@ def test_canary_tolerance_scales_with_dtype():
     logits = torch.tensor([-30.0, 10.0])
     assert canary_tolerance(torch.float32, logits) == pytest.approx(3e-3)
     assert canary_tolerance(torch.bfloat16, logits) == pytest.approx(1.5)
+
+
+# ---------------------------------------------------------------- compact mask mode (pruning)
+def test_sliding_window_configs_are_detected_and_prune_uses_full_rows_there():
+    from types import SimpleNamespace
+
+    from flowlens.engine.prune import compact_supported, run_mask, run_mask_full
+
+    assert compat.uses_sliding_window(SimpleNamespace(layer_types=["full_attention", "sliding_attention"]))
+    assert compat.uses_sliding_window(SimpleNamespace(use_sliding_window=True, sliding_window=4096))
+    assert not compat.uses_sliding_window(SimpleNamespace(use_sliding_window=False, sliding_window=4096))
+    assert not compat.uses_sliding_window(SimpleNamespace(layer_types=["full_attention"] * 2))
+    lm = _hybrid_qwen2_vl(["full_attention", "sliding_attention", "full_attention", "sliding_attention"], 16)
+    inputs, layout = lm.prepare(make_sample(random_video(frames=FRAMES)), frames=FRAMES)
+    clean = CleanRun(lm, inputs, layout)
+    assert not compact_supported(clean)
+    pruned = tuple(int(p) for p in layout["video_features"][1::2])
+    assert torch.equal(run_mask(clean, [(1, pruned)])[0], run_mask_full(clean, [(1, pruned)])[0])
+
+
+def test_cache_slots_follow_cache_position_not_position_ids(llava):
+    """Compact mask mode feeds rows whose position ids skip values after a prefix cache: causality must
+    follow the cache slots (row 0 cannot see row 1), whatever the position ids say."""
+    lm, inputs, layout = llava
+    clean = CleanRun(lm, inputs, layout)
+    p = layout.seq_len // 2
+    outputs = []
+    for bump in (0.0, 1.0):
+        cache = compat.prefix_cache(clean.keys, clean.values, p, batch=1)
+        rows = torch.tensor([[p + 3, p + 9]])  # two rows far apart in position id
+        kwargs = compat.shortened_call(clean.call, rows, rows.clone())
+        kwargs["attention_mask"] = torch.ones(1, p + 2, dtype=torch.long)
+        embeds = clean.layer_inputs[0][0][rows].clone()
+        embeds[:, 1] += bump  # change only the later row
+        kwargs.update(inputs_embeds=embeds, use_cache=True)
+        kwargs[compat.cache_keyword(clean.language_model)] = cache
+        with torch.no_grad():
+            outputs.append(clean.language_model(**kwargs).last_hidden_state)
+        assert compat.cache_length(cache) == p + 2
+    torch.testing.assert_close(outputs[0][:, 0], outputs[1][:, 0], atol=0, rtol=0)  # row 0 unchanged
+    assert float((outputs[0][:, 1] - outputs[1][:, 1]).abs().max()) > 1e-3

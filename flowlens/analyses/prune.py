@@ -43,7 +43,7 @@ SUMMARY = "prune_summary"
 class PruneOptions:
     """How `flowlens prune` runs a spec (the spec itself comes from --spec)."""
 
-    frames: int = option(8, "frames sampled from each video")
+    frames: int = option(8, "frames sampled from each video (a run folder keeps its trace's frames)")
     batch_size: int = option(32, "keep-sets per re-run batch", affects_results=False)
     timing: bool = option(
         False, "also measure drop-mode prefill wall time and peak memory beside the unpruned prefill"
