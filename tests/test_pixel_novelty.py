@@ -158,9 +158,9 @@ def test_needs_follow_the_mode_and_the_preset_loads():
     assert [scorer_needs(s) for s in load_spec("dtd").scorers] == [{"embeddings"}]
     assert PruneSpec.from_yaml(spec.to_yaml()) == spec
     pixels, feature = PRESETS["dtd_pixels"], PRESETS["dtd"]
-    assert {k: v for k, v in pixels.items() if k not in ("name", "notes", "scorers")} == {
-        k: v for k, v in feature.items() if k not in ("name", "notes", "scorers")
-    }
+    same = ("layers", "modes", "position_ids")  # DTD's stage and positions; pixels rank by top fraction
+    assert {k: pixels[k] for k in same} == {k: feature[k] for k in same}
+    assert pixels["policies"] == ["topk_ratio"] and pixels["budgets"]
 
 
 @needs_toy

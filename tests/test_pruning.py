@@ -234,7 +234,7 @@ def test_temporal_novelty_and_divprune_from_embeddings(toy_sample):
         assert novelty[i] == pytest.approx(1 - cos, abs=1e-9)
     # DivPrune: naive greedy max-min over cosine distance
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    d = 1 - unit @ unit.T
+    d = np.round(1 - unit @ unit.T, 9)  # ties at the definition's precision go to the earlier token
     n = len(x)
     first = max(range(n), key=lambda i: (min(d[i, j] for j in range(n) if j != i), -i))
     chosen = [first]
@@ -431,6 +431,49 @@ def test_prune_run_dir_scores_from_the_stored_trace_without_tracing(tmp_path, mo
     with pytest.raises(FlowlensError, match="traced with 8 frames"):
         prune(lm, samples, spec, tmp_path / "x", PruneOptions(frames=4), trace=trace, progress=False)
     trace.close()
+
+
+@needs_toy
+def test_prune_run_dir_calibrates_the_positional_trend_over_the_trace_run(tmp_path):
+    """intcomp's dataset-level calibration inside prune: from a trace run, `positional_trend` (auto) fits the
+    trend over every traced sample, the same as the fit `calibrate` gives, given as `fit:` data."""
+    from flowlens.analyses.prune import prune_from_run
+    from flowlens.analyses.trace_run import trace
+    from flowlens.pruning.debias import calibrate
+
+    lm = flowlens.load("toy")
+    samples = flowlens.data.load("synthetic", split="test", limit=4)
+    traced = trace(
+        lm,
+        samples,
+        out=tmp_path / "t",
+        progress=False,
+        report=False,
+        dataset={"dataset": "synthetic", "split": "test", "limit": 4},
+    )
+    scorer = {"name": "attn_last", "layer": 1}
+    fit = calibrate(traced, "attn_last", {"layer": 1}, "global_index", "exp")
+    traced.close()
+    base = {
+        "scorers": [scorer],
+        "budgets": [0.25, 0.1],
+        "layers": [2],
+        "modes": ["mask"],
+        "position_ids": ["original"],
+    }
+    runs = {}
+    for name, step in {
+        "auto": {"method": "positional_trend"},
+        "given": {"method": "positional_trend", "fit": json.loads(fit.to_json())},
+        "sample": {"method": "positional_trend", "calibration": "sample"},
+    }.items():
+        spec = {**base, "name": name, "debias": [step]}
+        run = prune_from_run(tmp_path / "t", spec, tmp_path / name, lm=lm, progress=False, report=False)
+        rows = run.table("prune")
+        runs[name] = rows[rows.role == "method"][["sample", "budget", "answer", "kl"]].reset_index(drop=True)
+        run.close()
+    assert runs["auto"].equals(runs["given"])
+    assert not np.allclose(runs["auto"]["kl"], runs["sample"]["kl"])  # a per-sample fit is another trend
 
 
 @needs_toy

@@ -174,11 +174,6 @@ def sampled_frames(lm: VideoLM, sample: Sample, options: TraceOptions) -> np.nda
     return np.asarray(lm.adapter.sample_frames(sample, options.frames).frames)
 
 
-def frame_thumbnails(lm: VideoLM, sample: Sample, options: TraceOptions) -> np.ndarray:
-    """The sampled frames (as the model saw them) shrunk to at most `options.thumbnails` pixels a side."""
-    return thumbnails(sampled_frames(lm, sample, options), options.thumbnails)
-
-
 def thumbnails(frames: np.ndarray, size: int) -> np.ndarray:
     """(n, h, w, 3) uint8 frames resized (area-averaged) so the longer side is at most `size`."""
     n, height, width = frames.shape[:3]

@@ -128,6 +128,8 @@ def keep_sets(
             key = condition.score_key
             if key not in scores:
                 raw = score(condition.scorer.name, context, **dict(condition.scorer.params))
+                # the scorer a run-level debias calibration (positional_trend, calibration auto|run) refits
+                context.cache["scorer"] = {"name": condition.scorer.name, **dict(condition.scorer.params)}
                 scores[key] = apply_debias(raw, condition.debias, context)
             budget = condition.budget
             if condition.match:

@@ -286,14 +286,21 @@ def temporal_novelty(context: ScoreContext, mode: str = "feature") -> np.ndarray
     return out
 
 
+TIE_DECIMALS = 9  # DivPrune distances are compared at this precision (float64 products agree far below it)
+
+
 def maxmin_order(features: np.ndarray) -> np.ndarray:
     """DivPrune's greedy max-min order over cosine distance: first the token farthest from its nearest
-    neighbour, then repeatedly the token whose minimum distance to those chosen is largest (ties: earlier)."""
+    neighbour, then repeatedly the token whose minimum distance to those chosen is largest (ties: earlier).
+
+    Distances are rounded to `TIE_DECIMALS` places, so float rounding (which differs between matrix-product
+    kernels) never decides between tokens at the same distance, e.g. identical background cells.
+    """
     x = torch.from_numpy(_unit(np.asarray(features, dtype=np.float64)))
     n = x.shape[0]
     # the product runs in torch, not numpy: OpenBLAS's worker threads keep spinning after a threaded GEMM
     # and took the cores from the next re-run (a 2-core 32-sample sweep ran 2.3x instead of 5.3x faster)
-    distance = (1.0 - x @ x.T).numpy()
+    distance = np.round((1.0 - x @ x.T).numpy(), TIE_DECIMALS)
     np.fill_diagonal(distance, np.inf)
     nearest = distance.min(axis=1) if n > 1 else np.zeros(n)
     order = [int(np.argmax(nearest))]

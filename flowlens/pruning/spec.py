@@ -85,6 +85,11 @@ def debias_function(method: str) -> DebiasFunction:
 
 
 # ------------------------------------------------------------------ parts of a spec
+def _params_key(params: tuple[tuple[str, Any], ...]) -> str:
+    """A hashable form of plain-data parameters."""
+    return json.dumps(params, sort_keys=True)
+
+
 def _params(data: dict[str, Any], skip: str, what: str) -> tuple[tuple[str, Any], ...]:
     """The parameters of a scorer or debias entry (every key but `skip`), sorted, JSON-plain."""
     out = []
@@ -113,6 +118,9 @@ class ScorerSpec:
     name: str
     params: tuple[tuple[str, Any], ...] = ()
 
+    def __hash__(self) -> int:  # parameters may hold lists and dicts (plain data), hashed as JSON
+        return hash((self.name, _params_key(self.params)))
+
     @property
     def label(self) -> str:
         return _label(self.name, self.params)
@@ -135,6 +143,9 @@ class DebiasSpec:
 
     method: str
     params: tuple[tuple[str, Any], ...] = ()
+
+    def __hash__(self) -> int:  # e.g. a trend fit given as data (`fit: {...}`)
+        return hash((self.method, _params_key(self.params)))
 
     @property
     def label(self) -> str:
@@ -508,12 +519,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "dtd_pixels": {
         "name": "dtd_pixels",
-        "notes": "Differential Token Drop on pixels: keep a token whose block of the frame changed by a mean "
-        "absolute RGB difference (in [0, 1]) of at least 0.5 since the previous frame group (first-group "
-        "tokens always kept), before the LLM, original (M-RoPE) positions; the threshold is dtd's, on the "
-        "pixel scale, where 0.5 is a large change",
+        "notes": "Differential Token Drop on pixels: rank tokens by the mean absolute RGB difference (in [0, 1]) "
+        "of their block of the frame to the previous frame group (first-group tokens score the maximum, so are "
+        "kept) and keep the top fraction (DTD's relative mode: no absolute pixel threshold is published for "
+        "this scale), before the LLM, original (M-RoPE) positions",
         "scorers": [{"name": "temporal_novelty", "mode": "pixels"}],
-        "policies": [{"kind": "threshold", "budgets": [0.5]}],
+        "policies": ["topk_ratio"],
+        "budgets": list(DEFAULT_BUDGETS),
         "layers": [0],
         "modes": ["mask", "drop"],
         "position_ids": ["original"],
