@@ -332,6 +332,7 @@ def _peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * page
 
+    _release_free_heap()  # else memory a previous call freed but kept hides (or inflates) this call's peak
     base, peak, done = rss(), [0], threading.Event()
 
     def sample() -> None:
@@ -347,6 +348,18 @@ def _peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
         done.set()
         thread.join()
         out["peak_bytes"] = float(max(0, max(peak[0], rss()) - base))
+
+
+def _release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc `malloc_trim`), so resident-set growth measures a call's own
+    peak; a no-op where libc has no `malloc_trim`."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:
+        trim(0)
 
 
 def _timed(function: Callable[[], Any], device: torch.device, repeats: int) -> dict[str, float]:
