@@ -122,11 +122,16 @@ def check_context(lm: VideoLM, layout: TokenLayout) -> None:
 
 
 @torch.no_grad()
-def trace_sample(lm: VideoLM, sample: Sample, options: TraceOptions | None = None) -> SampleTrace:
-    """Run one sample with the flowlens backend and return everything the trace keeps."""
+def trace_sample(
+    lm: VideoLM, sample: Sample, options: TraceOptions | None = None, prepared: Any = None
+) -> SampleTrace:
+    """Run one sample with the flowlens backend and return everything the trace keeps.
+
+    `prepared`: the `(inputs, layout)` `lm.prepare(sample, frames=options.frames)` already gave (not redone).
+    """
     options = options or TraceOptions()
     sample.validate(require_options=True)
-    inputs, layout = lm.prepare(sample, frames=options.frames)
+    inputs, layout = prepared if prepared is not None else lm.prepare(sample, frames=options.frames)
     check_context(lm, layout)
     capture = FlowCapture(layout, lm.device, options.capture_options())
     residuals = ResidualCapture(layout, lm.device, options.video_layers)

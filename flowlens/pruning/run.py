@@ -201,7 +201,7 @@ def prune_sample(
     inputs, prepared = lm.prepare(sample, frames=options.frames)
     check_context(lm, prepared)
     if stored is None:
-        trace = trace_sample(lm, sample, trace_options(spec, options.frames))
+        trace = trace_sample(lm, sample, trace_options(spec, options.frames), (inputs, prepared))
         layout, metadata = trace.layout, dict(trace.metadata)
         context = ScoreContext(None, str(sample.id), trace=trace)
     else:
