@@ -118,8 +118,8 @@ def test_compact_mask_mode_refuses_sliding_windows_and_checks_itself(monkeypatch
     from flowlens.engine import prune as engine
 
     engine._COMPACT_CHECKED.discard(lm.model)
-    real = engine.compact_forward
-    monkeypatch.setattr(engine, "compact_forward", lambda *a, **k: real(*a, **k) + 0.1)
+    real = engine.forward_rows
+    monkeypatch.setattr(engine, "forward_rows", lambda *a, **k: real(*a, **k) + 0.1)
     with pytest.raises(flowlens.compat.CompatError, match="compact mask mode"):
         run_mask(clean, [(1, some_pruned(layout))])
 

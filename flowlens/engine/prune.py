@@ -158,8 +158,8 @@ def run_mask_compact(clean: CleanRun, items: Sequence[MaskItem], batch_size: int
             padded = np.stack(
                 [np.pad(rows, (0, width - len(rows)), constant_values=t - 1) for rows in suffixes]
             )
-            logits = compact_forward(
-                clean, layer, position, torch.as_tensor(padded), torch.as_tensor(lengths) - 1
+            logits = forward_rows(
+                clean, layer, torch.as_tensor(padded), torch.as_tensor(lengths) - 1, position
             )
             results.update(zip(chunk, logits, strict=True))
     if items:
@@ -186,17 +186,26 @@ def _compact_batches(
 
 
 @torch.no_grad()
-def compact_forward(
-    clean: CleanRun, layer: int, position: int, rows: torch.Tensor, last: torch.Tensor
+def forward_rows(
+    clean: CleanRun,
+    layer: int,
+    rows: torch.Tensor,
+    last: torch.Tensor,
+    position: int = 0,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits (B, vocab) at row `last[b]` of each batch element: layers >= `layer` run on positions `rows`
-    (B, n; non-decreasing, all >= `position`) after the clean keys and values of positions < `position`,
-    with their original position ids."""
+    (B, n; non-decreasing, all >= `position`) after the clean keys and values of positions < `position`.
+
+    `position_ids`: the ids the rows run with (default: their recorded ids, as mask mode and drop mode's
+    `original` need). Compact mask mode passes a prefix; drop mode re-enters with none.
+    """
     t, device = clean.layout.seq_len, clean.logits.device
     rows = rows.to(device)
     batch, n = rows.shape
-    ids = compat.recorded_position_ids(clean.call, t, device)
-    kwargs = compat.shortened_call(clean.call, rows, compat.position_ids_at(ids, rows), layer)
+    if position_ids is None:
+        position_ids = compat.position_ids_at(compat.recorded_position_ids(clean.call, t, device), rows)
+    kwargs = compat.shortened_call(clean.call, rows, position_ids, layer)
     kwargs["inputs_embeds"] = clean.residual_input(layer)[0][rows]
     cache = None
     if position > 0:
@@ -279,13 +288,8 @@ def drop_forward(clean: CleanRun, layer: int, keep: torch.Tensor, policy: str) -
     keep = keep.to(clean.logits.device)
     if not bool((keep[:, -1] == t - 1).all()):
         raise FlowlensError("drop mode must keep the last position (it predicts the answer)")
-    kwargs = compat.shortened_call(clean.call, keep, drop_position_ids(clean.call, keep, t, policy), layer)
-    kwargs["inputs_embeds"] = clean.residual_input(layer)[0][keep]
-    kwargs["use_cache"] = False
-    language = clean.language_model
-    with language_attention(clean.lm.model), compat.decoder_layers_from(language, layer):
-        hidden = language(**kwargs).last_hidden_state
-    return head_logits_fp32(clean.lm.adapter.output_head(), hidden[:, -1])
+    last = torch.full((keep.shape[0],), keep.shape[1] - 1)
+    return forward_rows(clean, layer, keep, last, 0, drop_position_ids(clean.call, keep, t, policy))
 
 
 def run_drop(clean: CleanRun, items: Sequence[DropItem], batch_size: int = 32) -> list[torch.Tensor]:
