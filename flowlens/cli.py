@@ -297,9 +297,12 @@ def cmd_analysis(args: argparse.Namespace) -> int:
 
     analysis = args.analysis
     options = from_args(analysis.Options, args)  # bad values: a usage error before any work
-    extra = analysis.resolve(args, options)
     source = Path(args.model).expanduser()
-    if source.is_dir() and run_files(source) and args.dataset is None:  # `flowlens lens RUN_DIR`
+    from_run = source.is_dir() and bool(run_files(source)) and args.dataset is None  # `flowlens lens RUN_DIR`
+    if from_run and getattr(args, "device", None) is not None:  # each rank of a launch on its own GPU
+        args.device = resolve_device(distributed.device(args.device))
+    extra = analysis.resolve(args, options)
+    if from_run:
         control = RunControl(out=args.out or source, resume=args.resume, overwrite=args.overwrite)
         control.check(analysis.run_file)
         run = analysis.from_run(source, options, control, **extra)

@@ -167,6 +167,21 @@ def test_torchrun_two_ranks_knockout_equals_one_process(tmp_path):
     assert_same_run(reference, tmp_path / "two" / "knockout.h5")
 
 
+def test_torchrun_two_ranks_prune_from_a_trace_run_equals_one_process(tmp_path):
+    """`flowlens prune RUN_DIR` under a launcher: the ranks share the stored trace and split its samples."""
+    assert main(["trace", "toy", *DATA, "--limit", "4", "--out", str(tmp_path / "t")]) == 0
+    args = ["prune", str(tmp_path / "t"), "--spec", "fastv"]
+    result = launch(torchrun(2), [*args, "--out", str(tmp_path / "two")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert_same_run(tmp_path / "one" / "prune.h5", tmp_path / "two" / "prune.h5")
+
+
 @pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="accelerate is not installed")
 def test_accelerate_launch_two_processes_trace_equals_one_process(tmp_path):
     args = ["trace", "toy", *DATA, "--limit", "6"]

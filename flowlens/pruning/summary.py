@@ -53,6 +53,9 @@ def summarize(rows: pd.DataFrame, clean: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame()
     correct = clean.set_index("sample")["correct"]
+    # samples in id order, not write order: the means then sum in the same order however the run was
+    # split (a multi-rank run merges its shards in another order than one process writes)
+    rows = rows.iloc[np.argsort(rows["sample"].astype(str).to_numpy(), kind="stable")]
     rows = rows.assign(
         clean_correct=rows["sample"].map(correct).astype(object),
     )
