@@ -3,10 +3,11 @@
 **Mask mode.** Pruning token j from layer K on = blocking every attention edge into j in layers >= K: no
 query q != j may attend key j. j's own row keeps its causal keys minus the other pruned tokens (and
 always itself); what it computes is never read again, because every edge out of it is blocked, so the
-choice cannot change any other position. A pruned set is therefore a `CompiledKnockout` with an explicit
-allowed matrix over layers K..L-1, run by the knockout engine: resumed at layer K and at the first row the
-mask changes (the row after the first pruned token), reusing the clean keys and values before it, many
-keep-sets per batch. The sequence keeps its length and every position keeps its position id.
+choice cannot change any other position. Two implementations of that one function: `run_mask_full`
+runs the pruned set as a `CompiledKnockout` (an explicit allowed matrix over layers K..L-1) through the
+knockout engine, every row recomputed from the first one the mask changes; `run_mask_compact` (the
+default) does not compute the rows nobody reads: the clean keys and values before the first pruned
+token, then the kept positions only, each at its original position id. Every position keeps its id.
 
 **Drop mode.** The pruned tokens leave the sequence: the language model is re-entered at layer K with
 only the kept positions' residual stream (the clean run's input to layer K), so the hidden states and

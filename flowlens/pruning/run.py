@@ -1,8 +1,8 @@
 """One sample through the pruning protocol: trace once, score offline, select, re-run, measure.
 
-`prune_sample` traces the sample (keeping what the spec's scorers need), computes every (scorer,
-debias) score once from that trace, turns each condition of the spec (and its controls) into a
-keep-set, re-runs all keep-sets from one `CleanRun` (mask mode batched through the knockout engine,
+`prune_sample` traces the sample (keeping what the spec's scorers need) or reads a trace run's stored
+arrays, computes every (scorer, debias) score once, turns each condition of the spec (and its controls)
+into a keep-set, re-runs all keep-sets from one `CleanRun` (mask mode on the kept rows, batched per K;
 drop mode batched by kept length) and returns one row per condition with its full spec.
 """
 
