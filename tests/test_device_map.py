@@ -75,6 +75,21 @@ def test_trace_and_knockout_equal_the_plain_load(models):
     )  # four curves x two centres, and they do something
 
 
+def test_pruning_in_both_modes_equals_the_plain_load(models):
+    """Compact mask mode and drop mode re-enter mid-model on offloaded layers: same rows as the plain load."""
+    from flowlens.pruning.run import PruneRunOptions, prune_sample
+    from flowlens.pruning.spec import load_spec
+
+    plain, mapped = models
+    sample = load_data("synthetic", split="test", limit=1)[0]
+    spec = load_spec("fastv").to_dict() | {"budgets": [0.5, 0.1], "layers": [1, 2]}
+    spec = load_spec(spec)
+    x = prune_sample(plain, sample, spec, PruneRunOptions())
+    y = prune_sample(mapped, sample, spec, PruneRunOptions())
+    pd.testing.assert_frame_equal(pd.DataFrame(y.rows), pd.DataFrame(x.rows), check_exact=True)
+    assert max(x.rows["kl"]) > 0
+
+
 def test_cli_device_map_from_a_json_file_equals_the_plain_run(tmp_path):
     (tmp_path / "map.json").write_text(json.dumps(TOY_MAP))
     data = ["--dataset", "synthetic", "--split", "test", "--limit", "2"]
