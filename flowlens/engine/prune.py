@@ -79,14 +79,16 @@ def prune_knockout(
 def run_mask(
     clean: CleanRun, items: Sequence[MaskItem], batch_size: int = 32, compact: bool | None = None
 ) -> list[torch.Tensor]:
-    """Logits at `last` (vocab,) of each keep-set in mask mode; identical keep-sets run once.
+    """Logits at `last` (vocab,) of each keep-set (K, pruned positions in any order) in mask mode; identical
+    keep-sets run once.
 
     A keep-set that prunes nothing (or prunes after the last layer) is the clean run and is not re-run.
     `compact` (default: wherever the model allows it, see `compact_supported`) computes only the rows whose
     output is read (`run_mask_compact`); otherwise every row runs under the explicit allowed matrix
     (`run_mask_full`). Both compute the same function; they differ by float rounding (~1e-6 in logits).
     """
-    distinct = list(dict.fromkeys((int(k), tuple(int(p) for p in pruned)) for k, pruned in items))
+    keys = [(int(k), tuple(sorted({int(p) for p in pruned}))) for k, pruned in items]
+    distinct = list(dict.fromkeys(keys))
     results: dict[MaskItem, torch.Tensor] = {}
     changed = []
     for item in distinct:
@@ -98,7 +100,7 @@ def run_mask(
         compact = compact_supported(clean)
     runner = run_mask_compact if compact else run_mask_full
     results.update(zip(changed, runner(clean, changed, batch_size), strict=True))
-    return [results[(int(k), tuple(int(p) for p in pruned))] for k, pruned in items]
+    return [results[key] for key in keys]
 
 
 def run_mask_full(clean: CleanRun, items: Sequence[MaskItem], batch_size: int = 32) -> list[torch.Tensor]:
