@@ -341,6 +341,18 @@ def test_prune_run_rows_spec_summary_and_report(tmp_path):
     assert one["auc"].iloc[0] == pytest.approx(expected_auc)
     html = (tmp_path / "prune.html").read_text()
     assert "Token pruning: accuracy vs budget" in html
+    # one panel per (policy, K, mode, positions) of the method; floor and ceiling drawn in each, none alone
+    from flowlens.report.prune import prune_section
+
+    figures = prune_section(run).figures
+    assert len(figures) == 2  # topk_ratio x {mask, drop}
+    for figure in figures.values():
+        mode = "drop" if "drop" in figure.layout.title.text else "mask"
+        expected = [
+            float(summary[(summary.role == role) & (summary["mode"] == mode)]["accuracy"].iloc[0])
+            for role in ("no_video", "all_tokens")
+        ]
+        assert [shape.y0 for shape in figure.layout.shapes] == expected
 
 
 @needs_toy

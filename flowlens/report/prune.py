@@ -18,6 +18,7 @@ CAPTION = (
     "One panel per (policy, layer K, mode, position ids). AUC: mean accuracy over the budget range."
 )
 GROUP = ["policy", "layer", "mode", "position_ids"]
+FLOOR_AND_CEILING = ("no_video", "all_tokens")
 COLUMNS = ["curve", "policy", "budget", "layer", "mode", "position_ids", "n", "kept_frac", "accuracy"]
 COLUMNS += [
     "relative_accuracy",
@@ -33,7 +34,7 @@ COLUMNS += [
 def budget_figure(table: pd.DataFrame, title: str) -> go.Figure:
     """Accuracy vs budget for one panel; floor and ceiling as horizontal lines."""
     figure = go.Figure()
-    curves = table[~table["role"].isin(["no_video", "all_tokens"])]
+    curves = table[~table["role"].isin(FLOOR_AND_CEILING)]
     for i, (curve, rows) in enumerate(curves.groupby("curve", sort=False)):
         rows = rows.sort_values("budget")
         dash = "dot" if curve in ("random", "uniform_grid") else "solid"
@@ -46,13 +47,16 @@ def budget_figure(table: pd.DataFrame, title: str) -> go.Figure:
                 line={"color": PALETTE[i % len(PALETTE)], "dash": dash},
             )
         )
-    for role, dash in (("no_video", "dot"), ("all_tokens", "dash")):
+    for role, dash, where in zip(
+        FLOOR_AND_CEILING, ("dot", "dash"), ("bottom right", "top right"), strict=True
+    ):
         found = table[table["role"] == role]
         if len(found):
             figure.add_hline(
                 y=float(found["accuracy"].iloc[0]),
                 line={"color": "#5b6475", "dash": dash, "width": 1},
                 annotation_text=role,
+                annotation_position=where,  # apart when floor and ceiling coincide
             )
     figure.update_layout(
         template=TEMPLATE,
@@ -87,10 +91,12 @@ def prune_section(run: Run) -> Section | None:
     if table.empty:
         return None
     figures = {}
-    for i, (key, panel) in enumerate(table.groupby(GROUP, sort=False)):
+    bounds = table["role"].isin(FLOOR_AND_CEILING)  # policy "none": drawn in every panel of their (K, mode)
+    for i, (key, panel) in enumerate(table[~bounds].groupby(GROUP, sort=False, dropna=False)):
         policy, layer, mode, positions = key
+        same = (table["layer"] == layer) & (table["mode"] == mode) & (table["position_ids"] == positions)
         title = f"{policy}, K={layer}, {mode}" + (f", position ids {positions}" if mode == "drop" else "")
-        figures[f"prune-budget-{i}"] = budget_figure(panel, title)
+        figures[f"prune-budget-{i}"] = budget_figure(pd.concat([panel, table[bounds & same]]), title)
     return Section("prune", "Token pruning: accuracy vs budget", CAPTION, figures, table_html(table))
 
 
