@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.graph_objects as go
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
+from flowlens.report.html_table import html_table
 from flowlens.report.sections import Section, register_section
 
 if TYPE_CHECKING:
@@ -71,19 +72,7 @@ def table_html(table: pd.DataFrame) -> Markup:
     """The probes table (escaped), one row per (target, hook)."""
     columns = ["target", "layer", "hook", "group", "pool", "n_samples", "n_classes", "c", "majority"]
     columns += ["accuracy", "control_accuracy", "selectivity"]
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
-    body = []
-    for record in table[columns].to_dict("records"):
-        cells = []
-        for column in columns:
-            value = record[column]
-            if isinstance(value, float) and column != "c":
-                text = f"{value:+.3f}" if column == "selectivity" else f"{value:.3f}"
-                cells.append(f'<td class="num">{escape(text)}</td>')
-            else:
-                cells.append(f"<td>{escape(str(value))}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return Markup(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return html_table(table, columns, {"c": None, "selectivity": "+.3f"})
 
 
 def probe_section(run: Run) -> Section | None:

@@ -11,6 +11,7 @@ from markupsafe import Markup, escape
 
 from flowlens.pruning.trend import TrendFit
 from flowlens.report.figures import PALETTE, TEMPLATE
+from flowlens.report.html_table import html_table
 from flowlens.report.sections import Section
 
 if TYPE_CHECKING:
@@ -113,19 +114,7 @@ def fits_html(fits: pd.DataFrame) -> Markup:
         "amplification",
         "r2",
     ]
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
-    body = []
-    for record in fits[columns].to_dict("records"):
-        cells = []
-        for column in columns:
-            value = record[column]
-            if isinstance(value, float):
-                text = f"{value:.3g}" if column == "lam" else f"{value:.3f}"
-                cells.append(f'<td class="num">{escape(text)}</td>')
-            else:
-                cells.append(f"<td>{escape(str(value))}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return Markup(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return html_table(fits, columns, {"lam": ".3g"})
 
 
 def trend_section(run: Run) -> Section | None:

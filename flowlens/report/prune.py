@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from flowlens.report.figures import PALETTE, TEMPLATE
+from flowlens.report.html_table import html_table
 from flowlens.report.knockout import plotly_text
 from flowlens.report.sections import Section, register_section
 from flowlens.store.run import Run
@@ -69,19 +70,7 @@ def budget_figure(table: pd.DataFrame, title: str) -> go.Figure:
 
 
 def table_html(table: pd.DataFrame) -> Markup:
-    columns = [c for c in COLUMNS if c in table]
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
-    body = []
-    for record in table[columns].to_dict("records"):
-        cells = []
-        for column in columns:
-            value = record[column]
-            if isinstance(value, float):
-                cells.append(f'<td class="num">{escape(f"{value:.3f}")}</td>')
-            else:
-                cells.append(f"<td>{escape(str(value))}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return Markup(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return html_table(table, [c for c in COLUMNS if c in table])
 
 
 def prune_section(run: Run) -> Section | None:
